@@ -1,0 +1,216 @@
+"""The ``docstreams`` command line. Each command builds :class:`Settings` from the
+environment once, here at the edge, and passes it down."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from streams import broker as local_broker
+from streams.errors import DocstreamsError
+from streams.settings import Settings
+
+console = Console(stderr=True)
+ENV_HELP = """
+\b
+Environment:
+  DOCSTREAMS_BOOTSTRAP   Kafka bootstrap servers; unset = local broker under .docstreams/
+  DOCSTREAMS_HOME        state folder (default ./.docstreams): blobs, outputs, sink, logs
+  DOCSTREAMS_SECURITY_PROTOCOL, DOCSTREAMS_SASL_*, DOCSTREAMS_SSL_*   passed to every client
+"""
+
+
+def _settings() -> Settings:
+    return Settings.from_env(os.environ)
+
+
+def _fail(exc: DocstreamsError) -> None:
+    console.print(f"[red]error:[/] {exc}")
+    sys.exit(1)
+
+
+class _Group(click.Group):
+    """Turns DocstreamsError into one clear line and exit code 1, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DocstreamsError as exc:
+            _fail(exc)
+
+
+@click.group(cls=_Group, help=f"""Docstreams: long document-processing jobs as an exactly-once,
+pausable event stream on Apache Kafka.
+
+\b
+Start here:
+  docstreams run ./packets --job loan-17     the whole job on a local broker
+  docstreams status --job loan-17            where every document is
+{ENV_HELP}""")
+@click.option("-v", "--verbose", is_flag=True, help="Log what the workers do.")
+def main(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _load_passwords(path: Path | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DocstreamsError(f"cannot read passwords file {path}: {exc}",
+                              reason="bad_request") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        raise DocstreamsError(f"{path} must be a JSON object of file name -> password",
+                              reason="bad_request")
+    return data
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--job", "job_id", help="Job id (default: the first path's name).")
+@click.option("--passwords", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON file mapping file name to password, for encrypted PDFs.")
+@click.option("--workers", default=1, show_default=True, help="Worker processes to start.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def run(paths: tuple[Path, ...], job_id: str | None, passwords: Path | None, workers: int,
+        as_json: bool) -> None:
+    """Run a job end to end: broker, workers, publish, progress, summary.
+
+    Every file under PATHS (folders recursively) becomes a document of the job. Each
+    ends decided, in review or dead-lettered with a reason; outputs go to
+    .docstreams/out/<job>/<doc_id>.json and summary.json. Running the same command
+    again resumes the job: what was committed is not redone.
+    """
+    from streams.job import run_job
+
+    settings = _settings()
+    job = job_id or paths[0].resolve().name
+    summary = run_job(settings, list(paths), job, _load_passwords(passwords), workers, console)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        _print_status(summary)
+        console.print(f"outputs: {summary['outputs']}  "
+                      f"({summary['elapsed_s']} s, {summary['documents_per_s']} docs/s, "
+                      f"{summary['pages_per_s']} pages/s)")
+        if not settings.bootstrap:
+            console.print("the local broker is still running; stop it with "
+                          "[bold]docstreams broker stop[/]")
+
+
+def _print_status(snap: dict[str, Any]) -> None:
+    o = snap["outcomes"]
+    console.print(f"[bold]job {snap['job']}[/]: {snap['documents']} documents, "
+                  f"{'complete' if snap['complete'] else 'in progress'} — "
+                  f"decided {o['decided']}, review {o['review']}, dead letter {o['dead_letter']}")
+    table = Table("stage", "done", "executions", "redone")
+    for stage, st in snap["stages"].items():
+        redone = st["executions"] - st["done"]
+        table.add_row(stage, str(st["done"]), str(st["executions"]),
+                      f"[yellow]{redone}[/]" if redone > 0 else "0")
+    console.print(table)
+    for p in snap.get("paused", []):
+        console.print(f"[yellow]paused[/] {p}")
+
+
+@main.command()
+@click.option("--job", "jobs", multiple=True, help="Only this job (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(jobs: tuple[str, ...], as_json: bool) -> None:
+    """Where every job stands: documents, outcomes, per-stage done and executions.
+
+    Executions are counted before work starts, so executions above done means work
+    was redone (a crash or an abort); equal means nothing was done twice.
+    """
+    from streams.status import job_status
+
+    settings = _settings()
+    bootstrap = local_broker.resolve_bootstrap(settings, start=False)
+    snaps = job_status(settings, bootstrap, jobs or None)
+    if as_json:
+        click.echo(json.dumps(snaps if not jobs or len(jobs) > 1 else snaps[0], indent=2))
+        return
+    if not snaps:
+        console.print("no jobs yet")
+    for snap in snaps:
+        _print_status(snap)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--job", "job_id", required=True, help="The job the documents belong to.")
+@click.option("--passwords", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON file mapping file name to password.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was published as JSON.")
+def publish(paths: tuple[Path, ...], job_id: str, passwords: Path | None, as_json: bool) -> None:
+    """Publish documents to a job (files and folders, recursively).
+
+    Bytes go to the content-addressed blob store; Kafka gets a reference and digest.
+    The same file published again to the same job has the same doc_id and is ignored.
+    """
+    from streams.publish import Publisher
+    from streams.worker import ensure_pipeline_topics
+
+    settings = _settings()
+    bootstrap = local_broker.resolve_bootstrap(settings)
+    ensure_pipeline_topics(settings, bootstrap)
+    with Publisher(settings, bootstrap) as pub:
+        done = pub.publish_paths(list(paths), job_id=job_id, passwords=_load_passwords(passwords))
+    if as_json:
+        click.echo(json.dumps([p.__dict__ for p in done], indent=2))
+    else:
+        for p in done:
+            click.echo(f"{p.doc_id}  {p.source}")
+        console.print(f"published {len(done)} documents to job {job_id}")
+
+
+@main.command()
+@click.option("--worker-id", default=None, help="Stable id: names local state and "
+              "transactional ids (default: worker-<hostname>).")
+@click.option("--stage", "stages", multiple=True,
+              type=click.Choice(["parse", "extract", "validate", "route", "sink"]),
+              help="Run only these stages (repeatable; default all).")
+def worker(worker_id: str | None, stages: tuple[str, ...]) -> None:
+    """Run pipeline stages until SIGTERM or Ctrl-C (the batch in flight commits first).
+
+    Run any number of workers against one cluster; each stage's partitions are shared
+    among them. Give each a distinct, stable --worker-id.
+    """
+    import socket
+
+    from streams import names
+    from streams.worker import Worker
+
+    settings = _settings()
+    bootstrap = local_broker.resolve_bootstrap(settings)
+    w = Worker(settings, bootstrap, worker_id or f"worker-{socket.gethostname()}",
+               stages or names.STAGES)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    w.start()
+    while not stop.wait(1.0):
+        if not w.alive():
+            break
+    w.stop()
+
+
+def _attach_optional() -> None:
+    from streams.cli_broker import broker
+
+    main.add_command(broker)
+
+
+_attach_optional()

@@ -1,0 +1,155 @@
+"""``docstreams run``: the main job, end to end, on one machine.
+
+Start the local broker unless one is configured, start worker processes for every
+stage, publish the documents (those the job does not have yet), follow the audit log
+with a progress bar per stage until every document is terminal, write the outputs'
+summary, stop the workers. Running it again resumes the same job from Kafka's
+committed state: nothing committed is redone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from streams import broker
+from streams.blobs import sha256_hex
+from streams.errors import DocstreamsError
+from streams.publish import Publisher, collect, doc_id_for
+from streams.settings import Settings
+from streams.sink import safe_name
+from streams.status import PIPELINE, Follower
+from streams.worker import ensure_pipeline_topics
+
+
+@dataclass
+class WorkerProcs:
+    """The worker subprocesses of a run; a worker that dies is restarted."""
+
+    settings: Settings
+    bootstrap: str
+    count: int
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    restarts: int = 0
+
+    def _spawn(self, worker_id: str) -> None:
+        logs = self.settings.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "DOCSTREAMS_BOOTSTRAP": self.bootstrap,
+               "DOCSTREAMS_HOME": str(self.settings.home)}
+        with open(logs / f"worker-{worker_id}.log", "ab") as log:
+            self.procs[worker_id] = subprocess.Popen(
+                [sys.executable, "-m", "streams", "worker", "--worker-id", worker_id],
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in the terminal goes to `run`, which decides
+            )
+
+    def start(self) -> None:
+        for i in range(1, self.count + 1):
+            self._spawn(f"w{i}")
+
+    def check(self, console: Console) -> None:
+        for worker_id, proc in list(self.procs.items()):
+            if proc.poll() is not None:
+                self.restarts += 1
+                console.print(f"[yellow]worker {worker_id} exited with {proc.returncode}; "
+                              f"restarting (see {self.settings.home}/logs/worker-{worker_id}.log)")
+                self._spawn(worker_id)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def plan(paths: Sequence[Path], job_id: str) -> list[tuple[Path, str, str]]:
+    """(path, source, doc_id) of every document the paths name."""
+    return [(p, src, doc_id_for(job_id, src, sha256_hex(p.read_bytes())))
+            for p, src in collect(paths)]
+
+
+def run_job(settings: Settings, paths: Sequence[Path], job_id: str,
+            passwords: dict[str, str], workers: int, console: Console) -> dict[str, Any]:
+    started = time.monotonic()
+    docs = plan(paths, job_id)
+    if not docs:
+        raise DocstreamsError(f"no files found under {', '.join(map(str, paths))}",
+                              reason="not_found")
+    with console.status("starting the broker" if not settings.bootstrap else "connecting"):
+        bootstrap = broker.resolve_bootstrap(settings)
+        ensure_pipeline_topics(settings, bootstrap)
+    console.print(f"broker [bold]{bootstrap}[/]  job [bold]{job_id}[/]  "
+                  f"{len(docs)} documents  state in {settings.home}")
+    follower = Follower(settings, bootstrap)
+    procs = WorkerProcs(settings, bootstrap, workers)
+    try:
+        follower.catch_up()
+        known = set(follower.tracker.view(job_id).submitted)
+        todo = [d for d in docs if d[2] not in known]
+        procs.start()
+        if todo:
+            with Publisher(settings, bootstrap) as pub:
+                pub.publish_paths([p for p, _, _ in todo], job_id=job_id, passwords=passwords,
+                                  sources={p: s for p, s, _ in todo})
+        console.print(f"published {len(todo)} new, {len(docs) - len(todo)} already in the job")
+        snapshot = _follow(follower, procs, job_id, console)
+    finally:
+        procs.stop()
+        follower.close()
+    return _summarise(settings, snapshot, time.monotonic() - started, procs.restarts)
+
+
+def _follow(follower: Follower, procs: WorkerProcs, job_id: str,
+            console: Console) -> dict[str, Any]:
+    columns = (TextColumn("{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("exec {task.fields[executions]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        tasks = {s: progress.add_task(s, total=None, executions=0) for s in PIPELINE}
+        while True:
+            follower.poll(0.5)
+            snap = follower.tracker.view(job_id).snapshot()
+            for stage, task in tasks.items():
+                st = snap["stages"][stage]
+                progress.update(task, total=snap["documents"], completed=st["done"],
+                                executions=st["executions"])
+            if snap["complete"]:
+                return snap
+            procs.check(console)
+
+
+def _summarise(settings: Settings, snap: dict[str, Any], seconds: float,
+               restarts: int) -> dict[str, Any]:
+    out = settings.out_dir / safe_name(snap["job"])
+    pages = 0
+    for path in out.glob("d*.json"):
+        pages += json.loads(path.read_text()).get("pages") or 0
+    summary = {
+        **snap,
+        "pages": pages,
+        "elapsed_s": round(seconds, 2),
+        "documents_per_s": round(snap["documents"] / seconds, 3) if seconds else None,
+        "pages_per_s": round(pages / seconds, 3) if seconds else None,
+        "worker_restarts": restarts,
+        "outputs": str(out),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,67 @@
+"""Kafka client settings in one place, so every stage, the publisher and the CLI agree.
+
+Values here follow ../shared/KAFKA.md: a short session timeout so a killed worker's
+partitions move in seconds, cooperative-sticky assignment so a rebalance does not
+stop the world, read_committed everywhere a pipeline topic is read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+
+from streams.settings import Settings
+
+
+def consumer_config(settings: Settings, bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
+    return {
+        **settings.kafka_common(bootstrap),
+        "group.id": group,
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1000,
+        "max.poll.interval.ms": 300_000,
+        **extra,
+    }
+
+
+def reader(settings: Settings, bootstrap: str, **extra: Any) -> Consumer:
+    """A group-less consumer for reading topics end to end (status, restore, tests)."""
+    return Consumer({
+        **settings.kafka_common(bootstrap),
+        "group.id": "docstreams.reader",  # required by librdkafka; never committed
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        **extra,
+    })
+
+
+def transactional_producer(settings: Settings, bootstrap: str, txn_id: str) -> Producer:
+    producer = Producer({
+        **settings.kafka_common(bootstrap),
+        "transactional.id": txn_id,
+        "transaction.timeout.ms": settings.transaction_timeout_ms,
+        "linger.ms": 5,
+    })
+    producer.init_transactions(30)
+    return producer
+
+
+def idempotent_producer(settings: Settings, bootstrap: str) -> Producer:
+    return Producer({
+        **settings.kafka_common(bootstrap),
+        "enable.idempotence": True,
+        "linger.ms": 5,
+    })
+
+
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None

@@ -1,0 +1,144 @@
+"""The publisher: how upstream systems put documents into a job.
+
+Files go to the blob store; a ``DocumentSubmitted`` record (the reference and digest,
+never the bytes) goes to ``docs.submitted`` with a ``submitted`` lifecycle event, both
+in one transaction. ``doc_id`` is stable: the same file (same name within the job,
+same bytes) published again to the same job gets the same id, and the parse stage
+ignores the repeat, so re-publishing is a no-op.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streams import names, records
+from streams.blobs import BlobStore, sha256_hex
+from streams.errors import DocstreamsError
+from streams.kafka import transactional_producer
+from streams.secrets import SecretStore
+from streams.settings import Settings
+
+
+_CHUNK = 200
+
+
+def doc_id_for(job_id: str, source: str, sha256: str) -> str:
+    return "d" + hashlib.sha256(f"{job_id}\0{source}\0{sha256}".encode()).hexdigest()[:24]
+
+
+def collect(paths: Iterable[Path]) -> Iterator[tuple[Path, str]]:
+    """Files under ``paths`` (folders recursively, hidden files skipped), each with the
+    name it is published under: ``<folder name>/<path inside it>`` for a folder given,
+    the file's name for a file given."""
+    for root in paths:
+        if not root.exists():
+            raise DocstreamsError(f"no such file or folder: {root}", reason="not_found")
+        if root.is_file():
+            yield root, root.name
+            continue
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root)
+            if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+                yield path, f"{root.resolve().name}/{rel.as_posix()}"
+
+
+@dataclass(frozen=True)
+class Published:
+    doc_id: str
+    source: str
+    sha256: str
+    size_bytes: int
+
+
+class Publisher:
+    """Publish documents to a job. Usable from Python by upstream systems::
+
+        with Publisher(settings, bootstrap) as pub:
+            pub.publish_bytes(data, source="packet-17/w2.pdf", job_id="loan-17")
+    """
+
+    def __init__(self, settings: Settings, bootstrap: str, submitted_by: str | None = None):
+        self.settings = settings
+        self.blobs = BlobStore(settings.blob_dir)
+        self.secrets = SecretStore(settings.home / "secrets")
+        self.submitted_by = submitted_by or f"{getpass.getuser()}@{socket.gethostname()}"
+        self._producer = transactional_producer(
+            settings, bootstrap, f"{settings.topic_prefix}docstreams.publish.{uuid.uuid4().hex}")
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._producer.flush(30)
+
+    def publish_bytes(self, data: bytes, *, source: str, job_id: str,
+                      password: str | None = None) -> Published:
+        return self.publish_many([(data, source, password)], job_id=job_id)[0]
+
+    def publish_paths(self, paths: Iterable[Path], *, job_id: str,
+                      passwords: Mapping[str, str] | None = None,
+                      sources: Mapping[Path, str] | None = None) -> list[Published]:
+        """Publish files and folders; ``sources`` names files explicitly (a caller that
+        already walked the folders), else names come from :func:`collect`."""
+        passwords = passwords or {}
+        items = []
+        named = list(sources.items()) if sources is not None else list(collect(paths))
+        for path, source in named:
+            pw = passwords.get(source, passwords.get(path.name))
+            items.append((path.read_bytes(), source, pw))
+        return self.publish_many(items, job_id=job_id)
+
+    def publish_many(self, items: list[tuple[bytes, str, str | None]], *,
+                     job_id: str) -> list[Published]:
+        """Transactions of up to ``_CHUNK`` documents: each chunk is submitted whole or not
+        at all, and a re-run re-submits what a crash left out (doc ids are stable)."""
+        if not job_id:
+            raise DocstreamsError("a job id is required", reason="bad_request")
+        out = []
+        for start in range(0, len(items), _CHUNK):
+            self._producer.begin_transaction()
+            try:
+                for data, source, password in items[start:start + _CHUNK]:
+                    out.append(self._submit(data, source, password, job_id))
+                self._producer.commit_transaction(60)
+            except BaseException:
+                self._producer.abort_transaction(30)
+                raise
+        return out
+
+    def _submit(self, data: bytes, source: str, password: str | None, job_id: str) -> Published:
+        digest = sha256_hex(data)
+        doc_id = doc_id_for(job_id, source, digest)
+        password_ref = None
+        if password is not None:
+            password_ref = f"{job_id}/{doc_id}"
+            self.secrets.put(password_ref, password)
+        now = int(time.time() * 1000)
+        doc = {"doc_id": doc_id, "job_id": job_id, "source": source, "sha256": digest,
+               "blob_ref": self.blobs.put(data), "size_bytes": len(data),
+               "submitted_at_ms": now}
+        submitted: dict[str, Any] = {"doc": doc, "submitted_by": self.submitted_by,
+                                     "password_ref": password_ref,
+                                     "media_type": "application/pdf"}
+        event = {"event_id": uuid.uuid4().hex, "subject": doc_id, "job_id": job_id, "seq": 0,
+                 "stage": "submit", "transition": "submitted", "detail": f"{len(data)} bytes",
+                 "source": source, "worker": self.submitted_by, "at_ms": now,
+                 "pipeline_version": self.settings.pipeline_version}
+        key = doc_id.encode()
+        prefix = self.settings.topic_prefix
+        self._producer.produce(names.topic(prefix, names.SUBMITTED), key=key,
+                               value=records.encode("DocumentSubmitted", submitted))
+        self._producer.produce(names.topic(prefix, names.EVENTS), key=key,
+                               value=records.encode("LifecycleEvent", event))
+        return Published(doc_id, source, digest, len(data))

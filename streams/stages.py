@@ -1,0 +1,247 @@
+"""Runtime adapters of the five stages: decode the record, call the pure stage
+function, wrap its answer in an outcome. No Kafka here, and no pymupdf either: parse
+runs in the process pool (streams.parse_pool), behind ``ParsePool.parse_many``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from streams import extract, fields, route, validate
+from streams.blobs import BlobStore
+from streams.errors import DocstreamsError
+from streams.outcomes import DeadLetter, Emit, Note, Retry, StageResult
+from streams.parse import PARSER_VERSION, ParseFailure
+from streams.parse_pool import ParsePool, ParseRequest
+from streams.runtime import InputRecord, process_each
+from streams.secrets import SecretStore
+from streams.settings import Settings
+from streams.sink import DecisionsSink, write_output
+from streams.state import StatePort
+
+SEEN_PREFIX = "seen/"
+
+
+def _unexpected(item: InputRecord, expected: str) -> StageResult | None:
+    if item.schema != expected:
+        detail = item.record.get("error", "") if item.schema == "Undecodable" else item.schema
+        return StageResult(DeadLetter("unsupported_record",
+                                      f"expected {expected}, got {detail}", "SchemaError"))
+    return None
+
+
+def parsed_summary(doc: dict[str, Any], parsed_ref: str, parsed: dict[str, Any]) -> dict[str, Any]:
+    pages = parsed["pages"]
+    return {
+        "doc": doc, "parsed_ref": parsed_ref, "parser_version": parsed["parser_version"],
+        "page_count": parsed["page_count"],
+        "pages_without_text": sum(1 for p in pages if not p["has_text_layer"]),
+        "needs_ocr": bool(parsed["needs_ocr"]), "encrypted": bool(parsed["encrypted"]),
+        "table_count": sum(len(p.get("tables", [])) for p in pages),
+        "widget_count": sum(len(p.get("widgets", [])) for p in pages),
+    }
+
+
+class ParseStage:
+    """Parse in the isolated pool, once per content digest (artifacts are cached by
+    digest, so a retry, resume or replay never parses the same bytes twice)."""
+
+    name = "parse"
+
+    def __init__(self, blobs: BlobStore, secrets: SecretStore, pool: ParsePool) -> None:
+        self.blobs, self.secrets, self.pool = blobs, secrets, pool
+
+    def _cached(self, doc: dict[str, Any]) -> StageResult | None:
+        ref = self.blobs.lookup("parsed", f"{doc['sha256']}:{PARSER_VERSION}")
+        if ref is None:
+            return None
+        parsed = json.loads(self.blobs.get(ref))
+        return StageResult(Emit("DocumentParsed", parsed_summary(doc, ref, parsed), "parsed",
+                                f"{parsed['page_count']} pages (cached artifact)"))
+
+    def _first_look(self, item: InputRecord, state: StatePort) -> StageResult | ParseRequest:
+        bad = _unexpected(item, "DocumentSubmitted")
+        if bad:
+            return bad
+        doc = item.doc
+        if item.retry_key is None:
+            if state.get(SEEN_PREFIX + doc["doc_id"]) is not None:
+                return StageResult(Note("duplicate_ignored", "already submitted to this job"))
+            state.put(SEEN_PREFIX + doc["doc_id"], doc["sha256"].encode())
+        cached = self._cached(doc)
+        if cached:
+            return cached
+        data = self.blobs.get(doc["blob_ref"])
+        password = self.secrets.get(item.record.get("password_ref"))
+        return ParseRequest(data=data, expected_sha256=doc["sha256"], password=password)
+
+    def process_batch(self, items: list[InputRecord],
+                      states: Mapping[int, StatePort]) -> list[StageResult]:
+        results: list[StageResult | None] = []
+        requests: list[tuple[int, ParseRequest]] = []
+        for i, item in enumerate(items):
+            try:
+                first = self._first_look(item, states[item.partition])
+            except DocstreamsError as exc:
+                first = StageResult(Retry(exc.reason, str(exc)) if exc.retryable
+                                    else DeadLetter(exc.reason, str(exc), type(exc).__name__))
+            if isinstance(first, ParseRequest):
+                requests.append((i, first))
+                results.append(None)
+            else:
+                results.append(first)
+        answers = self.pool.parse_many([r for _, r in requests]) if requests else []
+        for (i, _), answer in zip(requests, answers, strict=True):
+            results[i] = self._outcome(items[i], answer)
+        return [r for r in results if r is not None]
+
+    def _outcome(self, item: InputRecord, answer: Any) -> StageResult:
+        doc = item.doc
+        if isinstance(answer, ParseFailure):
+            return StageResult(DeadLetter(answer.reason, answer.message, "ParseFailure"))
+        if isinstance(answer, DocstreamsError):
+            if answer.retryable:
+                return StageResult(Retry(answer.reason, str(answer)))
+            return StageResult(DeadLetter(answer.reason, str(answer), type(answer).__name__))
+        ref = self.blobs.put(json.dumps(answer, separators=(",", ":")).encode())
+        self.blobs.bind("parsed", f"{doc['sha256']}:{PARSER_VERSION}", ref)
+        flags = " (no text layer: needs OCR)" if answer["needs_ocr"] else ""
+        return StageResult(Emit("DocumentParsed", parsed_summary(doc, ref, answer), "parsed",
+                                f"{answer['page_count']} pages{flags}"))
+
+
+class ExtractStage:
+    name = "extract"
+
+    def __init__(self, blobs: BlobStore, extractor: extract.Extractor) -> None:
+        self.blobs, self.extractor = blobs, extractor
+
+    def process_batch(self, items: list[InputRecord],
+                      states: Mapping[int, StatePort]) -> list[StageResult]:
+        return process_each(items, states, self.process)
+
+    def process(self, item: InputRecord, state: StatePort) -> StageResult:
+        bad = _unexpected(item, "DocumentParsed")
+        if bad:
+            return bad
+        rec = item.record
+        parsed = json.loads(self.blobs.get(rec["parsed_ref"]))
+        ex = self.extractor.extract(parsed)
+        out = {
+            "doc": rec["doc"], "parsed_ref": rec["parsed_ref"], "page_count": rec["page_count"],
+            "needs_ocr": rec["needs_ocr"], "doc_type": ex["doc_type"],
+            "doc_type_confidence": float(ex["doc_type_confidence"]),
+            "extractor": ex["extractor"], "fields": fields.to_avro(ex["fields"]),
+            "signals": [str(s) for s in ex.get("signals", [])],
+        }
+        return StageResult(Emit("DocumentExtracted", out, "extracted",
+                                f"{ex['doc_type']} ({len(ex['fields'])} fields)"))
+
+
+def extraction_of(extracted: dict[str, Any]) -> dict[str, Any]:
+    """The pure stages' view of a DocumentExtracted record."""
+    return {
+        "doc_type": extracted["doc_type"],
+        "doc_type_confidence": extracted["doc_type_confidence"],
+        "extractor": extracted["extractor"], "needs_ocr": extracted["needs_ocr"],
+        "page_count": extracted["page_count"],
+        "fields": fields.from_avro(extracted["fields"]), "signals": extracted["signals"],
+    }
+
+
+class ValidateStage:
+    name = "validate"
+
+    def process_batch(self, items: list[InputRecord],
+                      states: Mapping[int, StatePort]) -> list[StageResult]:
+        return process_each(items, states, self.process)
+
+    def process(self, item: InputRecord, state: StatePort) -> StageResult:
+        bad = _unexpected(item, "DocumentExtracted")
+        if bad:
+            return bad
+        checks = validate.validate(extraction_of(item.record))
+        failed = sum(1 for c in checks if not c["ok"])
+        return StageResult(Emit("DocumentValidated", {"extracted": item.record, "checks": checks},
+                                "validated", f"{len(checks)} checks, {failed} failed"))
+
+
+class RouteStage:
+    name = "route"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def process_batch(self, items: list[InputRecord],
+                      states: Mapping[int, StatePort]) -> list[StageResult]:
+        return process_each(items, states, self.process)
+
+    def process(self, item: InputRecord, state: StatePort) -> StageResult:
+        bad = _unexpected(item, "DocumentValidated")
+        if bad:
+            return bad
+        ext, checks = item.record["extracted"], item.record["checks"]
+        decision = route.decide(extraction_of(ext), checks, self.settings.thresholds)
+        reasons = list(decision.reasons)
+        if decision.outcome == "dead_letter":
+            return StageResult(DeadLetter(reasons[0].split(":")[0] if reasons else "unusable",
+                                          "; ".join(reasons), "RouteDecision",
+                                          page_count=ext["page_count"]))
+        record = {
+            "doc": ext["doc"], "page_count": ext["page_count"], "doc_type": ext["doc_type"],
+            "doc_type_confidence": ext["doc_type_confidence"], "fields": ext["fields"],
+            "checks": checks, "outcome": decision.outcome, "reasons": reasons,
+            "pipeline_version": self.settings.pipeline_version,
+            "decided_at_ms": int(time.time() * 1000),
+        }
+        if decision.outcome == "review":
+            task = {"task_id": f"review-{ext['doc']['doc_id']}", "decision": record,
+                    "created_at_ms": record["decided_at_ms"]}
+            return StageResult(Emit("ReviewTask", task, "review_requested", "; ".join(reasons),
+                                    topic="docs.review.tasks"))
+        return StageResult(Emit("RoutingDecision", record, "decided", ext["doc_type"]))
+
+
+def result_of(schema: str, record: dict[str, Any], pipeline_version: str) -> dict[str, Any]:
+    """The per-document output contract, from any terminal record."""
+    if schema == "ReviewTask":
+        record = record["decision"]
+        schema = "RoutingDecision"
+    doc = record["doc"]
+    base = {"doc_id": doc["doc_id"], "job_id": doc["job_id"], "source": doc["source"],
+            "sha256": doc["sha256"], "pipeline_version": pipeline_version}
+    if schema == "DeadLetter":
+        return {**base, "pages": record["page_count"], "doc_type": None, "fields": {},
+                "outcome": "dead_letter", "reasons": [f"{record['reason']}: {record['message']}"],
+                "stage": record["stage"], "attempts": record["attempts"],
+                "pipeline_version": record["pipeline_version"]}
+    return {**base, "pages": record["page_count"], "doc_type": record["doc_type"],
+            "doc_type_confidence": record["doc_type_confidence"],
+            "fields": fields.public(fields.from_avro(record["fields"])),
+            "checks": record["checks"], "outcome": record["outcome"],
+            "reasons": record["reasons"], "pipeline_version": record["pipeline_version"]}
+
+
+class SinkStage:
+    """Terminal records → decisions table and per-document JSON, both idempotent."""
+
+    name = "sink"
+
+    def __init__(self, settings: Settings, sink: DecisionsSink) -> None:
+        self.settings, self.sink = settings, sink
+
+    def process_batch(self, items: list[InputRecord],
+                      states: Mapping[int, StatePort]) -> list[StageResult]:
+        return process_each(items, states, self.process)
+
+    def process(self, item: InputRecord, state: StatePort) -> StageResult:
+        if item.schema not in ("RoutingDecision", "ReviewTask", "DeadLetter"):
+            # Never dead-letter here: the sink reads docs.deadletter itself.
+            return StageResult(Note("ignored_unsupported", item.schema))
+        result = result_of(item.schema, item.record, self.settings.pipeline_version)
+        self.sink.upsert(result, int(time.time() * 1000))
+        write_output(self.settings.out_dir, result)
+        return StageResult(Note("recorded", result["outcome"]))

@@ -1,0 +1,150 @@
+"""Job status, folded from the audit log (``docs.events``) and the execution counts
+(``docs.executions``), read with read_committed.
+
+The same :class:`JobTracker` serves a one-shot ``docstreams status`` (read both topics to
+their end) and the live progress of ``docstreams run`` (keep polling). A faust read
+model over ``docs.events`` will serve this over HTTP later; until then this scan is
+the read model, and it costs one pass over the two topics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from streams import names, records
+from streams.kafka import reader
+from streams.settings import Settings
+
+PIPELINE = ("parse", "extract", "validate", "route", "sink")
+# Transitions that do not finish a stage's work on a document.
+_NOT_DONE = {"retry_scheduled", "parked"}
+
+
+@dataclass
+class JobView:
+    job: str
+    submitted: dict[str, str] = field(default_factory=dict)  # doc_id -> source
+    done: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    executions: Counter[str] = field(default_factory=Counter)
+    outcome: dict[str, str] = field(default_factory=dict)  # doc_id -> terminal outcome
+    first_at_ms: int | None = None
+    last_at_ms: int | None = None
+
+    def snapshot(self, paused: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        outcomes = Counter(self.outcome[d] for d in self.submitted if d in self.outcome)
+        documents = len(self.submitted)
+        stages = {s: {"done": len(self.done[s] & self.submitted.keys()),
+                      "executions": self.executions[s]} for s in PIPELINE}
+        return {
+            "job": self.job,
+            "documents": documents,
+            "complete": documents > 0 and all(d in self.outcome for d in self.submitted),
+            "outcomes": {k: outcomes.get(k, 0) for k in ("decided", "review", "dead_letter")},
+            "stages": stages,
+            "redone": {s: v["executions"] - v["done"] for s, v in stages.items()
+                       if v["executions"] > v["done"]},
+            "paused": paused or [],
+            "first_event_at_ms": self.first_at_ms,
+            "last_event_at_ms": self.last_at_ms,
+        }
+
+
+class JobTracker:
+    """Folds lifecycle events and executions into per-job views."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, JobView] = {}
+
+    def view(self, job: str) -> JobView:
+        if job not in self.jobs:
+            self.jobs[job] = JobView(job)
+        return self.jobs[job]
+
+    def add(self, schema: str, rec: dict[str, Any]) -> None:
+        if schema == "Execution":
+            self.view(rec["job_id"]).executions[rec["stage"]] += 1
+            return
+        if schema != "LifecycleEvent" or not rec.get("job_id"):
+            return
+        view = self.view(rec["job_id"])
+        at = rec["at_ms"]
+        view.first_at_ms = at if view.first_at_ms is None else min(view.first_at_ms, at)
+        view.last_at_ms = at if view.last_at_ms is None else max(view.last_at_ms, at)
+        doc, stage, transition = rec["subject"], rec["stage"], rec["transition"]
+        if transition == "submitted":
+            view.submitted.setdefault(doc, rec.get("source") or "")
+        elif stage in PIPELINE and transition not in _NOT_DONE:
+            view.done[stage].add(doc)
+            if stage == "sink" and transition == "recorded":
+                view.outcome[doc] = rec["detail"]
+
+
+class Follower:
+    """Reads the events and executions topics from the beginning and keeps up."""
+
+    def __init__(self, settings: Settings, bootstrap: str) -> None:
+        self.tracker = JobTracker()
+        self.consumer: Consumer = reader(settings, bootstrap)
+        topics = [names.topic(settings.topic_prefix, t) for t in (names.EVENTS, names.EXECUTIONS)]
+        meta = self.consumer.list_topics(timeout=10)
+        self.partitions = [TopicPartition(t, p, OFFSET_BEGINNING)
+                           for t in topics if t in meta.topics
+                           for p in meta.topics[t].partitions]
+        self.consumer.assign(self.partitions)
+
+    def poll(self, seconds: float = 0.2, max_messages: int = 5000) -> int:
+        n = 0
+        deadline = time.monotonic() + seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return n
+            batch = self.consumer.consume(max_messages, timeout=remaining)
+            for msg in batch:
+                if msg.error():
+                    continue
+                try:
+                    schema, rec = records.decode(msg.value())
+                except Exception:  # noqa: BLE001 - the audit log must not stop status
+                    continue
+                self.tracker.add(schema, rec)
+                n += 1
+            if not batch:
+                return n
+
+    def catch_up(self, timeout: float = 30.0) -> None:
+        """Read to the end offsets as they were when called (read_committed may stop at
+        an open transaction; then give up at ``timeout`` with what has been read)."""
+        ends = {}
+        for tp in self.partitions:
+            _, high = self.consumer.get_watermark_offsets(tp, timeout=10)
+            ends[(tp.topic, tp.partition)] = high
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.poll(0.5)
+            positions = self.consumer.position(
+                [TopicPartition(t, p) for (t, p) in ends])
+            if all(tp.offset >= ends[(tp.topic, tp.partition)] or
+                   (tp.offset < 0 and ends[(tp.topic, tp.partition)] == 0)
+                   for tp in positions):
+                return
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def job_status(settings: Settings, bootstrap: str, jobs: Iterable[str] | None = None
+               ) -> list[dict[str, Any]]:
+    follower = Follower(settings, bootstrap)
+    try:
+        follower.catch_up()
+        wanted = list(jobs) if jobs else sorted(follower.tracker.jobs)
+        return [follower.tracker.view(j).snapshot() for j in wanted]
+    finally:
+        follower.close()

@@ -1,0 +1,85 @@
+"""A worker process: one :class:`StageRunner` thread per stage it runs.
+
+Partitions are the unit of parallelism: start as many workers as you like, anywhere,
+with the same ``DOCSTREAMS_BOOTSTRAP``; each stage's consumer group spreads the
+partitions over them. A worker id names its local state folder and its transactional
+ids, so a restarted worker with the same id fences its own zombie and restores its
+state incrementally.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from streams import names, topics
+from streams.blobs import BlobStore
+from streams.extract import RuleExtractor
+from streams.parse_pool import ParsePool
+from streams.runtime import Stage, StageRunner
+from streams.secrets import SecretStore
+from streams.settings import Settings
+from streams.sink import DecisionsSink
+from streams.stages import ExtractStage, ParseStage, RouteStage, SinkStage, ValidateStage
+
+log = logging.getLogger("docstreams.worker")
+
+
+def ensure_pipeline_topics(settings: Settings, bootstrap: str) -> None:
+    changelogs = {names.changelog_topic(settings.topic_prefix, s) for s in names.STAGES}
+    topics.ensure_topics(settings, bootstrap, changelogs, compacted=changelogs)
+
+
+class Worker:
+    def __init__(self, settings: Settings, bootstrap: str, worker_id: str,
+                 stages: Sequence[str] = names.STAGES) -> None:
+        unknown = set(stages) - set(names.STAGES)
+        if unknown:
+            raise ValueError(f"unknown stage(s): {', '.join(sorted(unknown))}")
+        self.settings, self.bootstrap, self.worker_id = settings, bootstrap, worker_id
+        self.stage_names = list(stages)
+        self.pool: ParsePool | None = None
+        self.sink: DecisionsSink | None = None
+        self.runners: list[StageRunner] = []
+        self.threads: list[threading.Thread] = []
+
+    def _stage(self, name: str) -> Stage:
+        s = self.settings
+        blobs = BlobStore(s.blob_dir)
+        if name == "parse":
+            self.pool = ParsePool(s.parse_workers, s.parse_timeout_s, s.parse_memory_mb,
+                                  allow_faults=s.allow_fault_injection)
+            return ParseStage(blobs, SecretStore(s.home / "secrets"), self.pool)
+        if name == "extract":
+            return ExtractStage(blobs, RuleExtractor())
+        if name == "validate":
+            return ValidateStage()
+        if name == "route":
+            return RouteStage(s)
+        self.sink = DecisionsSink(s.sink_path)
+        return SinkStage(s, self.sink)
+
+    def start(self) -> None:
+        ensure_pipeline_topics(self.settings, self.bootstrap)
+        for name in self.stage_names:
+            runner = StageRunner(self._stage(name), self.settings, self.bootstrap, self.worker_id)
+            thread = threading.Thread(target=runner.run, name=f"stage-{name}", daemon=True)
+            self.runners.append(runner)
+            self.threads.append(thread)
+            thread.start()
+        log.info("worker %s running stages %s", self.worker_id, ", ".join(self.stage_names))
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the batch in flight, commit it, leave the groups."""
+        for runner in self.runners:
+            runner.stop()
+        for thread in self.threads:
+            thread.join(timeout)
+        if self.pool is not None:
+            self.pool.close()
+        if self.sink is not None:
+            self.sink.close()
+
+    def alive(self) -> bool:
+        return all(t.is_alive() for t in self.threads)
