@@ -70,8 +70,22 @@ class Publisher:
         self.blobs = BlobStore(settings.blob_dir)
         self.secrets = SecretStore(settings.home / "secrets")
         self.submitted_by = submitted_by or f"{getpass.getuser()}@{socket.gethostname()}"
+        self._check_topics(bootstrap)
         self._producer = transactional_producer(
             settings, bootstrap, f"{settings.topic_prefix}docstreams.publish.{uuid.uuid4().hex}")
+
+    def _check_topics(self, bootstrap: str) -> None:
+        """Fail now, clearly, rather than after a delivery timeout."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self.settings.kafka_common(bootstrap))
+        wanted = [names.topic(self.settings.topic_prefix, t) for t in (names.SUBMITTED, names.EVENTS)]
+        present = admin.list_topics(timeout=15).topics
+        missing = [t for t in wanted if t not in present]
+        if missing:
+            raise DocstreamsError(
+                f"topic(s) {', '.join(missing)} do not exist on {bootstrap}: start a worker "
+                "or run `docstreams publish`, which create them", reason="topics_missing")
 
     def __enter__(self) -> Publisher:
         return self

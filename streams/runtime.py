@@ -30,6 +30,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from streams import names, records
 from streams.kafka import (
     consumer_config,
+    high_watermark,
     idempotent_producer,
     kafka_error,
     reader,
@@ -211,8 +212,7 @@ class StageRunner:
         store = PartitionStore(path)
         consumer = reader(self.settings, self.bootstrap)
         try:
-            _, high = consumer.get_watermark_offsets(
-                TopicPartition(self.changelog, partition), timeout=10)
+            high = high_watermark(consumer, TopicPartition(self.changelog, partition))
             start = store.checkpoint
             if start > high:  # the topic was recreated: start over
                 store.close()
@@ -246,9 +246,8 @@ class StageRunner:
         items += self._due_retries(self.settings.batch_max_docs - len(items))
         if not items:
             return
-        self._record_executions(items)
         batches = {p: Batch(store) for p, store in self.stores.items()}
-        results = self.stage.process_batch(items, batches)
+        results = self._process(items, batches)
         pending = _Pending()
         for msg in messages:
             key = (msg.topic(), msg.partition())
@@ -256,6 +255,21 @@ class StageRunner:
         for item, result in zip(items, results, strict=True):
             self._route(item, result, batches[item.partition], pending)
         self._commit(pending, batches, messages)
+
+    def _process(self, items: list[InputRecord], batches: dict[int, Batch]) -> list[StageResult]:
+        """Count executions, then run the stage — except on documents the stage says it
+        has already done (a re-published duplicate): those are audited, not counted."""
+        already_done = getattr(self.stage, "already_done", None)
+        done: dict[int, StageResult] = {}
+        if already_done is not None:
+            for i, item in enumerate(items):
+                why = already_done(item, batches[item.partition])
+                if why:
+                    done[i] = StageResult(Note("duplicate_ignored", why))
+        work = [item for i, item in enumerate(items) if i not in done]
+        self._record_executions(work)
+        worked = iter(self.stage.process_batch(work, batches) if work else [])
+        return [done[i] if i in done else next(worked) for i in range(len(items))]
 
     def _is_error(self, msg: Message) -> bool:
         if msg.error():

@@ -54,6 +54,15 @@ class ParseStage:
     def __init__(self, blobs: BlobStore, secrets: SecretStore, pool: ParsePool) -> None:
         self.blobs, self.secrets, self.pool = blobs, secrets, pool
 
+    def already_done(self, item: InputRecord, state: StatePort) -> str | None:
+        """A document re-published to the same job (same name, same bytes) is ignored."""
+        if item.retry_key is None and item.schema == "DocumentSubmitted":
+            key = SEEN_PREFIX + item.doc["doc_id"]
+            if state.get(key) is not None:
+                return "already submitted to this job"
+            state.put(key, item.doc["sha256"].encode())  # in the batch: catches a twin in it
+        return None
+
     def _cached(self, doc: dict[str, Any]) -> StageResult | None:
         ref = self.blobs.lookup("parsed", f"{doc['sha256']}:{PARSER_VERSION}")
         if ref is None:
@@ -67,10 +76,6 @@ class ParseStage:
         if bad:
             return bad
         doc = item.doc
-        if item.retry_key is None:
-            if state.get(SEEN_PREFIX + doc["doc_id"]) is not None:
-                return StageResult(Note("duplicate_ignored", "already submitted to this job"))
-            state.put(SEEN_PREFIX + doc["doc_id"], doc["sha256"].encode())
         cached = self._cached(doc)
         if cached:
             return cached
@@ -187,9 +192,9 @@ class RouteStage:
         decision = route.decide(extraction_of(ext), checks, self.settings.thresholds)
         reasons = list(decision.reasons)
         if decision.outcome == "dead_letter":
-            return StageResult(DeadLetter(reasons[0].split(":")[0] if reasons else "unusable",
-                                          "; ".join(reasons), "RouteDecision",
-                                          page_count=ext["page_count"]))
+            code, _, first = (reasons[0] if reasons else "unusable: ").partition(": ")
+            return StageResult(DeadLetter(code, "; ".join([first, *reasons[1:]]),
+                                          "RouteDecision", page_count=ext["page_count"]))
         record = {
             "doc": ext["doc"], "page_count": ext["page_count"], "doc_type": ext["doc_type"],
             "doc_type_confidence": ext["doc_type_confidence"], "fields": ext["fields"],

@@ -18,7 +18,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streams import names, records
-from streams.kafka import reader
+from streams.kafka import high_watermark, reader
 from streams.settings import Settings
 
 PIPELINE = ("parse", "extract", "validate", "route", "sink")
@@ -123,8 +123,7 @@ class Follower:
         an open transaction; then give up at ``timeout`` with what has been read)."""
         ends = {}
         for tp in self.partitions:
-            _, high = self.consumer.get_watermark_offsets(tp, timeout=10)
-            ends[(tp.topic, tp.partition)] = high
+            ends[(tp.topic, tp.partition)] = high_watermark(self.consumer, tp)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.poll(0.5)
