@@ -59,10 +59,9 @@ class RuleExtractor:
                 signals.append("blank form: no fillable field carries a value")
         else:
             fields = {}
-        pages = parsed.get("pages") or []
-        blank = [p["number"] for p in pages if not p.get("has_text_layer", True)]
-        if blank and kind.doc_type != "unreadable":
-            signals.append(f"unread_pages: {_ranges(blank)}")  # a code the router reads
+        unread = _unread_pages(parsed)
+        if unread and kind.doc_type != "unreadable":
+            signals.append(f"unread_pages: {_ranges(unread)}")  # a code the router reads
         return {
             "doc_type": kind.doc_type,
             "doc_type_confidence": kind.confidence,
@@ -70,6 +69,15 @@ class RuleExtractor:
             "fields": fields,
             "signals": signals,
         }
+
+
+def _unread_pages(parsed: dict) -> list[int]:
+    """Pages that hold content we could not read: a scanned image, or a page MuPDF failed
+    on. A page with neither text nor images is blank and there is nothing to miss."""
+    return [
+        p["number"] for p in parsed.get("pages") or []
+        if not p.get("has_text_layer", True) and (p.get("image_count") or p.get("error"))
+    ]
 
 
 def _ranges(numbers: list[int]) -> str:

@@ -11,10 +11,11 @@ scored below the review threshold so a person confirms it.
 
 from __future__ import annotations
 
+import calendar
 import re
 from datetime import date
 
-from streams.extract_layout import Layout, Word, field
+from streams.extract_layout import Layout, Segment, Word, cite, field
 from streams.extract_parties import find_parties
 from streams.extract_values import DateMatch, find_dates
 
@@ -30,9 +31,17 @@ _DATING_CLAUSE = re.compile(
     re.IGNORECASE,
 )
 _EFFECTIVE_CLAUSE = re.compile(
-    r"\beffective\s+(?:as\s+of|on|from)\s+(?:the\s+)?(?=\d|[A-Z])", re.IGNORECASE
+    r"(?:\beffective\s+(?:as\s+of|on|from)|[“\"]Effective\s+Date[”\"]\s+(?:means|shall\s+mean))"
+    r"\s+(?:the\s+)?(?=\d|[A-Z])",
+    re.IGNORECASE,
 )
 _EFFECTIVE_DEFINED = re.compile(r"\(\s*(?:the\s+)?[“\"]Effective\s+Date[”\"]\s*\)")
+_EFFECTIVE_AS_DATED = re.compile(
+    r"\beffective\s+as\s+of\s+the\s+date\s+(?:first\s+(?:above\s+)?written(?:\s+above)?|hereof"
+    r"|of\s+this\s+agreement)",
+    re.IGNORECASE,
+)
+_ABOUT_THIS_AGREEMENT = re.compile(r"\b(?:agreement|term)\b", re.IGNORECASE)
 _EXPIRY_CLAUSE = re.compile(
     r"\b(?:continue|remain\s+in\s+(?:full\s+)?force(?:\s+and\s+effect)?|expire|terminate|end)s?"
     r"\s+(?:on|until|through)\s+(?:the\s+)?(?=\d|[A-Z])",
@@ -48,7 +57,7 @@ _LAW_CLAUSE = re.compile(
     r"\b(?:governed|construed|interpreted|enforced)\s+(?:in\s+all\s+respects\s+|exclusively\s+)?"
     r"(?:by|in\s+accordance\s+with|under)\s+(?:and\s+construed\s+in\s+accordance\s+with\s+)?"
     r"the\s+(?:internal\s+|substantive\s+)?laws?\s+of\s+(?:the\s+)?"
-    r"(?:(?:State|Commonwealth)\s+of\s+)?(?P<j>[A-Z][\w’']*(?:\s+(?:of\s+)?[A-Z][\w’']*)*)"
+    r"(?:(?:State|Commonwealth)\s+of\s+)?(?P<j>[A-Z][\w’']*(?:\s+(?:of\s+|and\s+)?[A-Z][\w’']*)*)"
 )
 
 
@@ -87,7 +96,13 @@ def _date_after(
     return found
 
 
-def _lone_dates(layout: Layout, rows: list) -> list[tuple[DateMatch, list[Word]]]:
+def _about_this_agreement(layout: Layout, at: int) -> bool:
+    """Whether the sentence leading up to ``at`` speaks of the agreement or its term."""
+    sentence = layout.text[max(0, at - 150) : at].split(".")[-1]
+    return _ABOUT_THIS_AGREEMENT.search(sentence) is not None
+
+
+def _lone_dates(rows: list[list[Segment]]) -> list[tuple[DateMatch, list[Word]]]:
     """Rows that hold only a date (optionally 'Dated:'): letter heads, signature blocks."""
     found = []
     for row in rows:
@@ -107,9 +122,9 @@ def _agreement_date(layout: Layout) -> dict | None:
         d, words, _ = stated[0]
         return field(d.value.isoformat(), d.raw, 0.9, words)
     first = min((p for p, rows in layout.rows.items() if rows), default=None)
-    heading = _lone_dates(layout, layout.rows[first][:12]) if first else []
+    heading = _lone_dates(layout.rows[first][:12]) if first else []
     last_pages = sorted(layout.rows)[-2:]
-    signed = _lone_dates(layout, [r for p in last_pages for r in layout.rows[p]])
+    signed = _lone_dates([r for p in last_pages for r in layout.rows[p]])
     if heading:  # the date line of a letter agreement; a matching signature date confirms it
         d, words = heading[0]
         confirmed = any(s.value == d.value for s, _ in signed)
@@ -121,10 +136,12 @@ def _agreement_date(layout: Layout) -> dict | None:
 
 
 def _effective_date(layout: Layout) -> dict | None:
-    stated = _date_after(layout, _EFFECTIVE_CLAUSE, len(layout.text))
-    if stated:  # "will be effective as of July 1, 2018"
-        d, words, _ = stated[0]
-        return field(d.value.isoformat(), d.raw, 0.9, words)
+    for d, words, at in _date_after(layout, _EFFECTIVE_CLAUSE, len(layout.text)):
+        # "This letter agreement will be effective as of ..." or "“Effective Date” means ...",
+        # not a resignation or a price change that is effective from some date.
+        defined = layout.text[at] in "“\""
+        if defined or _about_this_agreement(layout, at):
+            return field(d.value.isoformat(), d.raw, 0.9, words)
     for m in _EFFECTIVE_DEFINED.finditer(layout.text):  # "July 1, 2018 (the “Effective Date”)"
         before = layout.text[max(0, m.start() - 40) : m.start()]
         dates = find_dates(before)
@@ -136,20 +153,29 @@ def _effective_date(layout: Layout) -> dict | None:
     return None
 
 
-def _add_term(start: date, count: int, unit: str) -> date | None:
+def _effective_as_dated(layout: Layout, agreement: dict | None) -> dict | None:
+    """"Effective as of the date first above written": the agreement date, restated."""
+    m = _EFFECTIVE_AS_DATED.search(layout.text)
+    if m is None or agreement is None:
+        return None
+    clause = layout.stream_words(*m.span())
+    out = field(agreement["value"], m.group(0), min(agreement["confidence"], 0.85), [])
+    out["citations"] = agreement["citations"] + cite(clause)
+    return out
+
+
+def _add_term(start: date, count: int, unit: str) -> date:
     months = count * (12 if unit.lower().startswith("year") else 1)
     year, month = divmod(start.month - 1 + months, 12)
-    try:
-        return start.replace(year=start.year + year, month=month + 1)
-    except ValueError:  # 29 February / 31st: the anniversary falls on the month's last day
-        return None
+    year, month = start.year + year, month + 1
+    # 29 February or the 31st: the anniversary falls on the month's last day.
+    return date(year, month, min(start.day, calendar.monthrange(year, month)[1]))
 
 
 def _expiration_date(layout: Layout, effective: dict | None) -> dict | None:
     for d, words, at in _date_after(layout, _EXPIRY_CLAUSE, len(layout.text)):
         # Only a clause about this agreement's own term, not an option's or a notice's.
-        sentence = layout.text[max(0, at - 150) : at].split(".")[-1]
-        if re.search(r"\b(?:agreement|term)\b", sentence, re.IGNORECASE):
+        if _about_this_agreement(layout, at):
             return field(d.value.isoformat(), d.raw, 0.88, words)
     if effective is None:
         return None
@@ -159,8 +185,8 @@ def _expiration_date(layout: Layout, effective: dict | None) -> dict | None:
             continue
         n = m["n"].lower()
         count = int(n) if n.isdigit() else _NUMBER_WORDS.get(n)
-        end = _add_term(date.fromisoformat(effective["value"]), count, m["unit"]) if count else None
-        if end is not None:
+        if count:
+            end = _add_term(date.fromisoformat(effective["value"]), count, m["unit"])
             computed = field(end.isoformat(), m.group(0), 0.6, layout.stream_words(*m.span()))
             computed["citations"] = effective["citations"] + computed["citations"]
             return computed
@@ -183,11 +209,12 @@ def _governing_law(layout: Layout) -> dict | None:
 
 
 def extract_contract(layout: Layout) -> dict[str, dict]:
-    effective = _effective_date(layout)
+    agreement = _agreement_date(layout)
+    effective = _effective_date(layout) or _effective_as_dated(layout, agreement)
     found = {
         "document_name": _title(layout),
         "parties": find_parties(layout),
-        "agreement_date": _agreement_date(layout),
+        "agreement_date": agreement,
         "effective_date": effective,
         "expiration_date": _expiration_date(layout, effective),
         "governing_law": _governing_law(layout),

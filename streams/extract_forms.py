@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from streams.extract_layout import Layout, Segment, after_label, cite, field
+from streams.extract_layout import Layout, Segment, Word, after_label, cite, field
 from streams.extract_values import find_dates, guess_language
 
 _EMPTY_WIDGET_VALUES = {"", "off", "no", "none", "false", "0"}
@@ -56,7 +56,7 @@ def _title_rows(layout: Layout, doc_type: str) -> list[list[Segment]]:
 
 def _tax_year(layout: Layout, doc_type: str) -> dict | None:
     words = [w for row in _title_rows(layout, doc_type) for s in row for w in s.words]
-    years = {}
+    years: dict[int, Word] = {}
     for word in words:
         m = _YEAR_WORD.match(word.text)
         if m:
@@ -91,7 +91,9 @@ def extract_form(parsed: dict, layout: Layout, doc_type: str) -> dict[str, dict]
 
 _STATEMENT_LABEL = re.compile(r"\bstatement(?:\s+date)?\b\s*:?", re.IGNORECASE)
 # The date may sit after the label or under it, introduced by "for", "as of", "ending".
-_DATE_INTRO = re.compile(r"^(?:(?:date|for|as\s+of|ending|dated|period\s+ending)\b\s*:?\s*)?", re.IGNORECASE)
+_DATE_INTRO = re.compile(
+    r"^(?:(?:date|for|as\s+of|ending|dated|period\s+ending)\b\s*:?\s*)?", re.IGNORECASE
+)
 _ACCOUNT_NUMBER = re.compile(r"\baccount\s+(?:number|no\.?|#)\s*:?", re.IGNORECASE)
 _ACCOUNT_ID = re.compile(r"^[\dX*][\dX*\- ]{5,}\d$")
 # Not "account name": on statements that column holds the product ("CHECKING").

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from streams.extract_layout import Layout, Segment, Word, after_label, field
+from streams.extract_layout import Layout, Segment, Word, after_label, cite, field
 from streams.extract_values import (
     AmountMatch,
     currency_mentions,
@@ -72,7 +72,9 @@ def _labelled(layout: Layout, label: re.Pattern[str]) -> Iterator[list[tuple[str
             yield after_label(layout, segment, m.end())
 
 
-def _first_match(spots: list[tuple[str, Segment]], pattern: re.Pattern[str]):
+def _first_match(
+    spots: list[tuple[str, Segment]], pattern: re.Pattern[str]
+) -> tuple[str, Segment, re.Match[str]] | None:
     """The first spot whose text starts with ``pattern``: (where, spot, match)."""
     for where, spot in spots:
         m = pattern.match(spot.text)
@@ -102,12 +104,10 @@ def _agree(found: list[tuple[float, object, list[Word]]]) -> dict | None:
     """Pick the most confident candidate; repeats corroborate, contradictions discount."""
     if not found:
         return None
-    best = max(found, key=lambda c: c[0])
-    confidence, value, words = best
-    same = [c for c in found if c[1] == value]
+    confidence, value, words = max(found, key=lambda c: c[0])  # the first of the strongest
     if any(c[1] != value and c[0] >= confidence for c in found):
         confidence *= 0.75  # an equally strong label says something else
-    elif len(same) > 1:
+    elif sum(c[1] == value for c in found) > 1:
         confidence = min(confidence + 0.03, 0.98)
     raw = " ".join(w.text for w in words)
     return field(value, raw, confidence, words)
@@ -173,8 +173,8 @@ def _total(layout: Layout) -> tuple[dict, AmountMatch, Segment] | None:
         return field(amount.value, amount.raw, 0.45, words), amount, spot
     chosen = _agree(found)
     assert chosen is not None
-    amount, label = matches[chosen["value"]]
-    return chosen, amount, label
+    amount, label_segment = matches[chosen["value"]]
+    return chosen, amount, label_segment
 
 
 def _currency(layout: Layout, total: tuple[dict, AmountMatch, Segment] | None) -> dict | None:
@@ -188,7 +188,7 @@ def _currency(layout: Layout, total: tuple[dict, AmountMatch, Segment] | None) -
     if code is None and mentions:
         code, certain, start, end = mentions[0]
         words = label.words_in(start, end)
-        raw, citations = " ".join(w.text for w in words), field(0, "", 0, words)["citations"]
+        raw, citations = " ".join(w.text for w in words), cite(words)
     if code is None:
         return _currency_from_text(layout)
     # "$" alone could be USD, CAD, AUD...: the text saying "US Dollars" elsewhere settles it.
@@ -243,7 +243,7 @@ def _issuer_by_domain(layout: Layout) -> dict | None:
     for segment in layout.segments(first):
         name = _clean_name(segment.text)
         key = re.sub(r"[^a-z0-9]", "", name.lower())
-        for domain in domains:
+        for domain in sorted(domains):  # sorted: set order varies between processes
             core = re.sub(r"[^a-z0-9]", "", domain)
             if len(core) >= 3 and key.startswith(core) and len(key) <= len(core) + 6:
                 confidence = 0.85 if _LEGAL_FORM.search(name) else 0.8

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from statistics import median
 
 Box = tuple[float, float, float, float]
@@ -32,11 +33,11 @@ class Segment:
     row: int  # index of its visual row on the page
     words: tuple[Word, ...]
 
-    @property
+    @cached_property  # segments are immutable and their text is read many times
     def text(self) -> str:
         return " ".join(w.text for w in self.words)
 
-    @property
+    @cached_property
     def view(self) -> Box:
         return union(w.view for w in self.words)
 
@@ -69,7 +70,8 @@ def _display_box(bbox: Box, rotation: int, width: float, height: float) -> Box:
 
 def _page_words(page: dict) -> list[Word]:
     rotation = int(page.get("rotation") or 0) % 360
-    width, height = unrotated_size(page)
+    # The parser reports width/height de-rotated, in the same space as the word boxes.
+    width, height = float(page["width"]), float(page["height"])
     words = []
     for block in page.get("blocks") or []:
         for line in block.get("lines") or []:
@@ -83,15 +85,6 @@ def _page_words(page: dict) -> list[Word]:
                     view = _display_box(bbox, rotation, width, height)
                     words.append(Word(int(page["number"]), text, bbox, view))
     return words
-
-
-def unrotated_size(page: dict) -> tuple[float, float]:
-    """Width and height of the page in the unrotated space its boxes live in.
-
-    The parser reports ``width``/``height`` de-rotated (``page.rect * derotation_matrix``),
-    the same space as the word boxes, so they are used as they are.
-    """
-    return float(page["width"]), float(page["height"])
 
 
 def _rows(words: list[Word]) -> list[list[Word]]:
@@ -168,10 +161,6 @@ class Layout:
                 picked.append(self._words[i])
         return picked
 
-    def page_of(self, offset: int) -> int:
-        index = max(bisect.bisect_right(self._offsets, offset) - 1, 0)
-        return self._words[index].page if self._words else 1
-
     def right_of(self, segment: Segment) -> list[Segment]:
         row = self.rows[segment.page][segment.row]
         return [s for s in row if s.view[0] >= segment.view[2]]
@@ -181,7 +170,7 @@ class Layout:
         the rows follow each other without a gap of more than three text heights."""
         x0, _, x1, bottom = segment.view
         height = bottom - segment.view[1]
-        found = []
+        found: list[Segment] = []
         for row in self.rows[segment.page][segment.row + 1 : segment.row + 1 + max_rows]:
             if min(s.view[1] for s in row) - bottom > 3 * height:
                 break

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 # With pymupdf_layout installed, `import pymupdf` loads an ONNX layout model (+0.4 s and
 # +270 MB of address space in every pool child, which the memory cap would have to absorb).
 # Tables are found from vector lines only (use_layout=False), so keep the model out.
-sys.modules.setdefault("pymupdf.layout", None)
+sys.modules.setdefault("pymupdf.layout", None)  # type: ignore[arg-type]
 import pymupdf  # noqa: E402
 
 pymupdf.TOOLS.mupdf_display_errors(False)  # MuPDF's messages are collected into "warnings"
@@ -173,19 +173,22 @@ def _text_blocks(page: pymupdf.Page) -> tuple[list[dict[str, Any]], list[_Word],
     textpage = page.get_textpage(flags=_TEXT_FLAGS)
     layout = textpage.extractDICT(sort=True)  # blocks sorted by (bottom, left)
     raw_words = textpage.extractWORDS()  # (x0, y0, x1, y1, text, block_no, line_no, word_no)
-    blocks, lines_by_block = [], {}
+    blocks: list[dict[str, Any]] = []
+    # Per text-page block, its lines by text-page index (None: a blank line, left out).
+    lines_by_block: dict[int, list[dict[str, Any] | None]] = {}
     chars = 0
     for block in layout["blocks"]:
-        lines = []
+        indexed: list[dict[str, Any] | None] = []
         for line in block["lines"]:
             text = "".join(span["text"] for span in line["spans"])
             visible = len("".join(text.split()))
-            if not visible:  # scans often carry a lone space; it is not a text layer
-                continue
             chars += visible
-            lines.append({"bbox": _bbox(line["bbox"]), "text": text, "words": []})
+            # Scans often carry a lone space; a blank line is not a text layer.
+            indexed.append({"bbox": _bbox(line["bbox"]), "text": text, "words": []}
+                           if visible else None)
+        lines = [line for line in indexed if line is not None]
         if lines:
-            lines_by_block[block["number"]] = lines
+            lines_by_block[block["number"]] = indexed
             blocks.append({"bbox": _bbox(block["bbox"]), "lines": lines})
     for x0, y0, x1, y1, text, block_no, line_no, _ in raw_words:
         line = _line_of_word(lines_by_block.get(block_no), line_no, (x0 + x1) / 2, (y0 + y1) / 2)
@@ -197,18 +200,21 @@ def _text_blocks(page: pymupdf.Page) -> tuple[list[dict[str, Any]], list[_Word],
     return blocks, words, chars
 
 
-def _line_of_word(lines: list[dict[str, Any]] | None, line_no: int, x: float,
+def _line_of_word(lines: list[dict[str, Any] | None] | None, line_no: int, x: float,
                   y: float) -> dict[str, Any] | None:
-    """The dict line holding a word. The words' line_no indexes the text page's lines;
-    the dict can skip a line (outside the page), so check the box and search if need be."""
+    """The dict line holding a word. The words' line_no indexes the text page's lines,
+    as ``lines`` does; should the two ever disagree, the word's centre decides."""
     if not lines:
         return None
-    if line_no < len(lines) and _contains(lines[line_no]["bbox"], x, y):
-        return lines[line_no]
-    for line in lines:
+    hint = lines[line_no] if line_no < len(lines) else None
+    if hint is not None and _contains(hint["bbox"], x, y):
+        return hint
+    present = [line for line in lines if line is not None]
+    for line in present:
         if _contains(line["bbox"], x, y):
             return line
-    return min(lines, key=lambda ln: abs((ln["bbox"][1] + ln["bbox"][3]) / 2 - y))
+    return min(present, key=lambda ln: abs((ln["bbox"][1] + ln["bbox"][3]) / 2 - y),
+               default=None)
 
 
 def _contains(bbox: Sequence[float], x: float, y: float, slack: float = 1.0) -> bool:

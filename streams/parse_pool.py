@@ -248,7 +248,8 @@ def _inject_fault(fault: str) -> None:
         cap, _ = resource.getrlimit(resource.RLIMIT_AS)
         if cap == resource.RLIM_INFINITY:
             raise RuntimeError("fault 'oom' needs the memory cap, and none is set")
-        hoard, chunk = [], 64 * 1024 * 1024
+        hoard: list[bytes] = []
+        chunk = 64 * 1024 * 1024
         while len(hoard) * chunk <= cap:  # each chunk is written, so really allocated
             hoard.append(b"\x01" * chunk)
         raise RuntimeError("fault 'oom' allocated past the memory cap without MemoryError")

@@ -26,7 +26,6 @@ from streams.kafka import transactional_producer
 from streams.secrets import SecretStore
 from streams.settings import Settings
 
-
 _CHUNK = 200
 
 

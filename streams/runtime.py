@@ -15,8 +15,7 @@ producer is rebuilt and the consumer rewound. Nothing is skipped.
 
 from __future__ import annotations
 
-import base64
-import json
+import contextlib
 import logging
 import threading
 import time
@@ -27,7 +26,9 @@ from typing import Any, Protocol
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 
-from streams import names, records
+from streams import inputs, names, records
+from streams.control import ControlView
+from streams.inputs import InputRecord, doc_of
 from streams.kafka import (
     consumer_config,
     high_watermark,
@@ -36,50 +37,20 @@ from streams.kafka import (
     reader,
     transactional_producer,
 )
-from streams.outcomes import DeadLetter, Emit, Retry, Note, StageResult
+from streams.outcomes import DeadLetter, Emit, Note, Retry, StageResult
+from streams.pausing import PauseGate
 from streams.settings import Settings
 from streams.state import Batch, PartitionStore, StatePort
+
+__all__ = ["InputRecord", "Stage", "StageRunner", "doc_of", "process_each"]
 
 log = logging.getLogger("docstreams.runtime")
 
 STAGE_INDEX = {"submit": 0, "parse": 1, "extract": 2, "validate": 3, "route": 4, "sink": 5}
-RETRY_PREFIX = "retry/"
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-@dataclass
-class InputRecord:
-    """One record handed to a stage: decoded value, where it came from, earlier attempts."""
-
-    topic: str  # logical topic name (no prefix)
-    partition: int
-    offset: int
-    key: str
-    schema: str
-    record: dict[str, Any]
-    value: bytes
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    retry_key: str | None = None  # state key of the retry entry this came from
-
-    @property
-    def doc(self) -> dict[str, Any]:
-        return doc_of(self.schema, self.record)
-
-    @property
-    def attempt(self) -> int:
-        return len(self.attempts) + 1
-
-
-def doc_of(schema: str, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The DocumentRef inside any pipeline record."""
-    if schema == "DocumentValidated":
-        return dict(record["extracted"]["doc"])
-    if schema == "ReviewTask":
-        return dict(record["decision"]["doc"])
-    return dict(record["doc"])
 
 
 class Stage(Protocol):
@@ -123,6 +94,7 @@ class StageRunner:
         bootstrap: str,
         worker_id: str,
         on_commit: Callable[[str, int], None] | None = None,
+        control: ControlView | None = None,
     ) -> None:
         self.stage = stage
         self.settings = settings
@@ -133,6 +105,7 @@ class StageRunner:
         self.changelog = names.changelog_topic(self.prefix, stage.name)
         self.stores: dict[int, PartitionStore] = {}
         self.on_commit = on_commit
+        self.gate = PauseGate(stage.name, control)
         self.stop_event = threading.Event()
         self.commits = 0
         self.aborts = 0
@@ -179,10 +152,8 @@ class StageRunner:
 
     def _close(self) -> None:
         if self.consumer is not None:
-            try:
+            with contextlib.suppress(KafkaException):
                 self.consumer.close()
-            except KafkaException:
-                pass
             self.consumer = None
         for store in self.stores.values():
             store.close()
@@ -197,7 +168,13 @@ class StageRunner:
         for p in {tp.partition for tp in partitions}:
             if p not in self.stores:
                 self.stores[p] = self._restore(p)
-        log.info("%s assigned %s", self.stage.name, sorted(tp.partition for tp in partitions))
+        consumer.incremental_assign(partitions)
+        if self.gate.stage_paused:
+            # A consumer's pause flag dies with the assignment: re-apply it to every
+            # partition that arrives, before a single fetch.
+            consumer.pause(partitions)
+        log.info("%s assigned %s%s", self.stage.name, sorted(tp.partition for tp in partitions),
+                 " (paused)" if self.gate.stage_paused else "")
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         still = {tp.partition for tp in consumer.assignment()} - {tp.partition for tp in partitions}
@@ -238,23 +215,98 @@ class StageRunner:
     # -- the loop ----------------------------------------------------------------------
     def run_once(self) -> None:
         assert self.consumer is not None
+        self._converge()
+        if self.gate.stage_paused:
+            self._hold()
+            return
+        version = self.gate.version()
         messages = [
             m for m in self.consumer.consume(self.settings.batch_max_docs, timeout=0.5)
             if not self._is_error(m)
         ]
-        items = [self._decode(m) for m in messages]
-        items += self._due_retries(self.settings.batch_max_docs - len(items))
-        if not items:
-            return
         batches = {p: Batch(store) for p, store in self.stores.items()}
-        results = self._process(items, batches)
         pending = _Pending()
+        items = self._park([self._decode(m) for m in messages], batches, pending)
+        items += self._waiting(inputs.PARK_PREFIX, self.settings.batch_max_docs - len(items),
+                               batches)
+        items += self._waiting(inputs.RETRY_PREFIX, self.settings.batch_max_docs - len(items),
+                               batches)
+        if not items and not pending.produce:
+            return
+        results = self._process(items, batches) if items else []
         for msg in messages:
             key = (msg.topic(), msg.partition())
             pending.offsets[key] = max(pending.offsets.get(key, 0), msg.offset() + 1)
         for item, result in zip(items, results, strict=True):
             self._route(item, result, batches[item.partition], pending)
-        self._commit(pending, batches, messages)
+        if self.gate.abort_requested(version):
+            self.gate.aborted = True
+            self._rewind(messages)
+            return
+        if self._commit(pending, batches, messages):
+            self.gate.note_batch(version, len(items))
+
+    # -- pause and resume --------------------------------------------------------------
+    def _converge(self) -> None:
+        """Apply the desired state between batches (so the batch in flight has drained),
+        then acknowledge every command not yet acknowledged."""
+        assert self.consumer is not None
+        desired = self.gate.desired()
+        self.gate.paused_jobs = desired.paused_jobs()
+        assignment = self.consumer.assignment()
+        if self.gate.wants_stage_paused(desired) and not self.gate.stage_paused:
+            self.consumer.pause(assignment)
+            self.gate.stage_paused = True
+            log.info("%s paused (%d partitions)", self.stage.name, len(assignment))
+        elif not self.gate.wants_stage_paused(desired) and self.gate.stage_paused:
+            self._seek_committed(assignment)
+            self.consumer.resume(assignment)
+            self.gate.stage_paused = False
+            log.info("%s resumed", self.stage.name)
+        unacked = self.gate.unacked(desired)
+        if unacked:
+            self._ack(unacked, assignment)
+
+    def _seek_committed(self, assignment: list[TopicPartition]) -> None:
+        """Resume from the committed offsets, never from a position the client kept from
+        before the pause (or from another owner of the partition)."""
+        assert self.consumer is not None
+        if not assignment:
+            return
+        for tp in self.consumer.committed(assignment, timeout=30):
+            if tp.offset >= 0:
+                self.consumer.seek(tp)
+
+    def _hold(self) -> None:
+        """While paused, keep polling (group membership, rebalance callbacks); a record
+        fetched before the pause took effect is sought back to, never dropped."""
+        assert self.consumer is not None
+        held = [m for m in self.consumer.consume(self.settings.batch_max_docs, timeout=0.5)
+                if not self._is_error(m)]
+        if held:
+            self._rewind(held)
+
+    def _ack(self, entries: list[dict[str, Any]], assignment: list[TopicPartition]) -> None:
+        assert self.consumer is not None and self.exec_producer is not None
+        committed = self.consumer.committed(assignment, timeout=30) if assignment else []
+        parked: dict[str, int] = {}
+        for job in self.gate.paused_jobs:
+            prefix = inputs.park_prefix(job)
+            parked[job] = sum(1 for store in self.stores.values() for _ in store.scan(prefix))
+        for entry in entries:
+            ack = {
+                "command_id": entry["command_id"], "scope": entry["scope"],
+                "state": entry["state"], "worker": self.worker_id, "stage": self.stage.name,
+                "drained": self.gate.drained, "aborted": self.gate.aborted, "parked": parked,
+                "committed": [{"topic": tp.topic[len(self.prefix):], "partition": tp.partition,
+                               "offset": tp.offset} for tp in committed],
+                "at_ms": now_ms(),
+            }
+            self.exec_producer.produce(names.topic(self.prefix, names.CONTROL_ACKS),
+                                       key=entry["command_id"].encode(),
+                                       value=records.encode("ControlAck", ack))
+        self.exec_producer.flush(30)
+        self.gate.acked_all(entries)
 
     def _process(self, items: list[InputRecord], batches: dict[int, Batch]) -> list[StageResult]:
         """Count executions, then run the stage — except on documents the stage says it
@@ -308,8 +360,8 @@ class StageRunner:
     # -- outcomes -> records -----------------------------------------------------------
     def _route(self, item: InputRecord, result: StageResult, state: Batch,
                pending: _Pending) -> None:
-        if item.retry_key:
-            state.delete(item.retry_key)
+        if item.state_key:
+            state.delete(item.state_key)
         outcome = result.outcome
         if isinstance(outcome, Retry) and item.attempt >= self.settings.max_attempts:
             outcome = DeadLetter(outcome.reason, f"gave up after {item.attempt} attempts: "
@@ -335,27 +387,42 @@ class StageRunner:
 
     def _schedule_retry(self, item: InputRecord, retry: Retry, state: Batch) -> None:
         delay = self.settings.retry_backoff_s * (2 ** (item.attempt - 1))
-        due = now_ms() + int(delay * 1000)
-        entry = {
-            "topic": item.topic, "partition": item.partition, "offset": item.offset,
-            "key": item.key, "value": base64.b64encode(item.value).decode(),
-            "attempts": [*item.attempts, self._attempt_record(item, retry.reason, retry.message)],
-        }
-        state.put(f"{RETRY_PREFIX}{due:013d}/{item.key}", json.dumps(entry).encode())
+        attempts = [*item.attempts, self._attempt_record(item, retry.reason, retry.message)]
+        state.put(inputs.retry_key(now_ms() + int(delay * 1000), item.key),
+                  inputs.stash(item, attempts))
 
-    def _due_retries(self, room: int) -> list[InputRecord]:
-        due: list[InputRecord] = []
-        limit = f"{RETRY_PREFIX}{now_ms():013d}"
-        for partition, store in self.stores.items():
-            for key, raw in store.scan(RETRY_PREFIX):
-                if key > limit or len(due) >= room:
+    def _waiting(self, prefix: str, room: int, batches: dict[int, Batch]) -> list[InputRecord]:
+        """Retries that are due, or parked records of jobs no longer paused, oldest first;
+        their entries are deleted in the transaction that finishes them."""
+        out: list[InputRecord] = []
+        limit = inputs.retry_key(now_ms(), "~")
+        paused = self.gate.paused_jobs
+        for partition in batches:
+            # The committed store, not the batch: a record parked in this very batch
+            # waits for the next one, behind those parked before it.
+            for key, raw in self.stores[partition].scan(prefix):
+                if len(out) >= room or (prefix == inputs.RETRY_PREFIX and key > limit):
                     break
-                entry = json.loads(raw)
-                value = base64.b64decode(entry["value"])
-                schema, record = records.decode(value)
-                due.append(InputRecord(entry["topic"], partition, entry["offset"], entry["key"],
-                                       schema, record, value, entry["attempts"], key))
-        return due
+                if inputs.stashed_job(raw) in paused:
+                    continue
+                out.append(inputs.unstash(key, raw, partition))
+        return out
+
+    def _park(self, items: list[InputRecord], batches: dict[int, Batch],
+              pending: _Pending) -> list[InputRecord]:
+        """Set aside the records of paused jobs (and of jobs whose parked records have not
+        all come back yet, to keep their order); return the rest."""
+        keep = []
+        for item in items:
+            job = item.job_id
+            batch = batches[item.partition]
+            waiting = job is not None and next(batch.scan(inputs.park_prefix(job)), None)
+            if job is not None and (job in self.gate.paused_jobs or waiting):
+                batch.put(inputs.park_key(item), inputs.stash(item, item.attempts))
+                self._event(pending, item, "parked", f"job {job} is paused")
+            else:
+                keep.append(item)
+        return keep
 
     def _dead_letter(self, item: InputRecord, dead: DeadLetter, pending: _Pending) -> None:
         if item.schema == "Undecodable":
@@ -388,8 +455,10 @@ class StageRunner:
         pending.produce.append((names.EVENTS, doc["doc_id"], value, None))
 
     # -- the one commit function -------------------------------------------------------
-    def _commit(self, pending: _Pending, batches: dict[int, Batch], messages: list[Message]) -> None:
-        """Produce outputs, produce changelog, send offsets, commit — in that order."""
+    def _commit(self, pending: _Pending, batches: dict[int, Batch],
+                messages: list[Message]) -> bool:
+        """Produce outputs, produce changelog, send offsets, commit — in that order.
+        Return whether it committed (on failure, the input has been rewound)."""
         assert self.producer is not None and self.consumer is not None
         producer = self.producer
         try:
@@ -409,13 +478,14 @@ class StageRunner:
             self._commit_transaction(producer)
         except KafkaException as exc:
             self._recover(exc, messages)
-            return
+            return False
         for partition, batch in batches.items():
             if batch.changes and partition in self.stores:
                 self.stores[partition].apply(batch.changes)
         self.commits += 1
         if self.on_commit is not None:
             self.on_commit(self.stage.name, len(messages))
+        return True
 
     def _commit_transaction(self, producer: Producer) -> None:
         while True:

@@ -56,7 +56,7 @@ class ParseStage:
 
     def already_done(self, item: InputRecord, state: StatePort) -> str | None:
         """A document re-published to the same job (same name, same bytes) is ignored."""
-        if item.retry_key is None and item.schema == "DocumentSubmitted":
+        if not item.retrying and item.schema == "DocumentSubmitted":
             key = SEEN_PREFIX + item.doc["doc_id"]
             if state.get(key) is not None:
                 return "already submitted to this job"

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from streams import names, topics
 from streams.blobs import BlobStore
+from streams.control import ControlView
 from streams.extract import RuleExtractor
 from streams.parse_pool import ParsePool
 from streams.runtime import Stage, StageRunner
@@ -41,6 +42,7 @@ class Worker:
         self.stage_names = list(stages)
         self.pool: ParsePool | None = None
         self.sink: DecisionsSink | None = None
+        self.control: ControlView | None = None
         self.runners: list[StageRunner] = []
         self.threads: list[threading.Thread] = []
 
@@ -62,8 +64,13 @@ class Worker:
 
     def start(self) -> None:
         ensure_pipeline_topics(self.settings, self.bootstrap)
+        # Fail closed: know the pause state before consuming anything.
+        self.control = ControlView(self.settings, self.bootstrap)
+        self.control.load_to_end()
+        self.control.follow()
         for name in self.stage_names:
-            runner = StageRunner(self._stage(name), self.settings, self.bootstrap, self.worker_id)
+            runner = StageRunner(self._stage(name), self.settings, self.bootstrap, self.worker_id,
+                                 control=self.control)
             thread = threading.Thread(target=runner.run, name=f"stage-{name}", daemon=True)
             self.runners.append(runner)
             self.threads.append(thread)
@@ -76,6 +83,8 @@ class Worker:
             runner.stop()
         for thread in self.threads:
             thread.join(timeout)
+        if self.control is not None:
+            self.control.close()
         if self.pool is not None:
             self.pool.close()
         if self.sink is not None:

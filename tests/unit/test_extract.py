@@ -450,3 +450,48 @@ def test_amounts_need_a_currency_or_two_decimals() -> None:
     found = [(a.value, a.currency) for a in find_amounts("2014 47774 14.50% € 189,00 $4.11 319.00")]
     assert found == [(189.0, "EUR"), (4.11, "USD"), (319.0, None)]
     assert re.fullmatch(r"[\d.]+", "319.00")
+
+
+def contract_doc(*sentences: str) -> dict:
+    rows = [[(40, "LICENSE AGREEMENT")],
+            [(40, "This License Agreement is made and entered into as of February 29, 2016 by")],
+            [(40, "and between Foo Corp., a Delaware corporation (the “Licensor”), and Bar LLC")],
+            [(40, "(the “Licensee”).")]]
+    return synthetic(rows + [[(40, s)] for s in sentences])
+
+
+def test_effective_date_restated_as_the_agreement_date_cites_both() -> None:
+    doc = contract_doc("This Agreement is effective as of the date first above written.",
+                       "The resignation is effective as of June 1, 2016.")
+    effective = RuleExtractor().extract(doc)["fields"]["effective_date"]
+    assert effective["value"] == "2016-02-29"  # not the resignation's date
+    assert {c["text"] for c in effective["citations"]} == {
+        "February 29, 2016", "effective as of the date first above written."}
+
+
+def test_defined_effective_date_and_a_term_from_a_leap_day() -> None:
+    doc = contract_doc("“Effective Date” means March 1, 2016.",
+                       "This Agreement has an initial term of one (1) year.")
+    fields = RuleExtractor().extract(doc)["fields"]
+    assert fields["effective_date"]["value"] == "2016-03-01"
+    assert fields["expiration_date"]["value"] == "2017-03-01"
+
+
+def test_term_from_a_leap_day_ends_on_the_last_day_of_february() -> None:
+    doc = contract_doc("This Agreement is effective as of February 29, 2016 and this Agreement "
+                       "shall have a term of one year.")
+    assert RuleExtractor().extract(doc)["fields"]["expiration_date"]["value"] == "2017-02-28"
+
+
+def test_governing_law_naming_two_jurisdictions() -> None:
+    doc = contract_doc("This Agreement shall be governed by the laws of England and Wales.")
+    assert RuleExtractor().extract(doc)["fields"]["governing_law"]["value"] == "England and Wales"
+
+
+def test_scanned_pages_inside_a_text_document_are_flagged_blank_ones_are_not() -> None:
+    doc = synthetic(invoice_rows([(40, "Invoice number: 77")], [(40, "Total: 20,00 EUR")]))
+    page = doc["pages"][0]
+    blank = {**page, "number": 2, "blocks": [], "has_text_layer": False, "image_count": 0}
+    scan = {**page, "number": 3, "blocks": [], "has_text_layer": False, "image_count": 1}
+    doc["pages"] += [blank, scan, {**scan, "number": 4}]
+    assert "unread_pages: 3-4" in RuleExtractor().extract(doc)["signals"]
