@@ -18,6 +18,7 @@ from rich.table import Table
 
 from streams import broker as local_broker
 from streams.errors import DocstreamsError
+from streams.names import STAGES as STAGE_NAMES
 from streams.settings import Settings
 
 console = Console(stderr=True)
@@ -93,11 +94,16 @@ def run(paths: tuple[Path, ...], job_id: str | None, passwords: Path | None, wor
     .docstreams/out/<job>/<doc_id>.json and summary.json. Running the same command
     again resumes the job: what was committed is not redone.
     """
-    from streams.job import run_job
+    from streams.job import JobInterrupted, run_job
 
     settings = _settings()
     job = job_id or paths[0].resolve().name
-    summary = run_job(settings, list(paths), job, _load_passwords(passwords), workers, console)
+    try:
+        summary = run_job(settings, list(paths), job, _load_passwords(passwords), workers,
+                          console)
+    except JobInterrupted as exc:
+        console.print(str(exc))
+        sys.exit(130)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:
@@ -121,8 +127,23 @@ def _print_status(snap: dict[str, Any]) -> None:
         table.add_row(stage, str(st["done"]), str(st["executions"]),
                       f"[yellow]{redone}[/]" if redone > 0 else "0")
     console.print(table)
-    for p in snap.get("paused", []):
-        console.print(f"[yellow]paused[/] {p}")
+
+
+def _print_control(paused: list[dict[str, Any]], acks: list[dict[str, Any]]) -> None:
+    import datetime as dt
+
+    for p in paused:
+        since = dt.datetime.fromtimestamp(p["at_ms"] / 1000, dt.UTC).isoformat(timespec="seconds")
+        console.print(f"[yellow]paused[/] {p['scope']} by {p['by']} since {since}"
+                      + (f": {p['reason']}" if p["reason"] else "") + f" (mode {p['mode']})")
+        if p.get("warning"):
+            console.print(f"  [red]warning:[/] {p['warning']}")
+    if acks:
+        table = Table("stage", "worker", "last command", "state", "acked at")
+        for a in acks:
+            at = dt.datetime.fromtimestamp(a["at_ms"] / 1000, dt.UTC).isoformat(timespec="seconds")
+            table.add_row(a["stage"], a["worker"], a["scope"], a["state"], at)
+        console.print(table)
 
 
 @main.command()
@@ -134,18 +155,132 @@ def status(jobs: tuple[str, ...], as_json: bool) -> None:
     Executions are counted before work starts, so executions above done means work
     was redone (a crash or an abort); equal means nothing was done twice.
     """
+    from streams import admin
     from streams.status import job_status
 
     settings = _settings()
     bootstrap = local_broker.resolve_bootstrap(settings, start=False)
+    control = admin.read_control(settings, bootstrap)
+    paused = admin.paused_with_warnings(settings, bootstrap, control["paused"])
     snaps = job_status(settings, bootstrap, jobs or None)
+    for snap in snaps:
+        snap["paused"] = [p for p in paused
+                          if p["scope"] in ("all", f"job:{snap['job']}")
+                          or p["scope"].startswith("stage:")]
     if as_json:
-        click.echo(json.dumps(snaps if not jobs or len(jobs) > 1 else snaps[0], indent=2))
+        if jobs and len(jobs) == 1:
+            click.echo(json.dumps({**snaps[0], "acks": control["acks"]}, indent=2))
+        else:
+            click.echo(json.dumps({"jobs": snaps, "paused": paused, "acks": control["acks"]},
+                                  indent=2))
         return
     if not snaps:
         console.print("no jobs yet")
     for snap in snaps:
         _print_status(snap)
+    _print_control(paused, control["acks"])
+
+
+def _scope_options(fn: Any) -> Any:
+    fn = click.option("--job", "job", help="Only this job's documents (others keep flowing).")(fn)
+    fn = click.option("--stage", "stage", type=click.Choice(list(STAGE_NAMES)),
+                      help="One stage, for every job.")(fn)
+    fn = click.option("--all", "all_", is_flag=True, help="Every stage of every job.")(fn)
+    return fn
+
+
+def _print_acks(report: Any, console_: Console) -> None:
+    table = Table("stage", "worker", "drained", "aborted", "parked")
+    for (stage, worker), ack in sorted(report.acks.items()):
+        parked = ", ".join(f"{j}: {n}" for j, n in ack["parked"].items()) or "-"
+        table.add_row(stage, worker, str(ack["drained"]), "yes" if ack["aborted"] else "no",
+                      parked)
+    console_.print(table)
+
+
+def _set_and_wait(scope: str, state: str, reason: str, mode: str, wait: bool, timeout: float,
+                  as_json: bool) -> None:
+    from streams import admin
+    from streams.control import ControlClient
+
+    settings = _settings()
+    bootstrap = local_broker.resolve_bootstrap(settings, start=False)
+    entry = ControlClient(settings, bootstrap).set_state(scope, state, reason=reason, mode=mode)
+    out: dict[str, Any] = {"command": entry}
+    if wait:
+        report = admin.wait_for_acks(settings, bootstrap, entry, timeout)
+        stages = admin.affected_stages(scope)
+        lag = admin.stage_lag(settings, bootstrap, stages)
+        parked: dict[str, int] = {}
+        for ack in report.acks.values():
+            for job, n in ack["parked"].items():
+                parked[job] = parked.get(job, 0) + n
+        drained = {s: sum(a["drained"] for (st, _), a in report.acks.items() if st == s)
+                   for s in stages}
+        out.update({"acknowledged": report.complete, "seconds": round(report.seconds, 3),
+                    "workers": sorted(f"{s}.{w}" for s, w in report.expected),
+                    "missing": [f"{s}.{w}" for s, w in report.missing()],
+                    "drained": drained, "queued": lag, "parked": parked})
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+    else:
+        console.print(f"{state} [bold]{scope}[/] by {entry['by']}"
+                      + (f" ({reason})" if reason else "") + f", command {entry['command_id']}")
+        if wait:
+            if out["acknowledged"]:
+                console.print(f"all {len(out['workers'])} live stage workers acknowledged "
+                              f"in {out['seconds']} s")
+                _print_acks(report, console)
+            elif not out["workers"]:
+                console.print("[yellow]no live workers: the state is recorded and every "
+                              "worker will apply it when it starts")
+            else:
+                console.print(f"[red]not acknowledged within {timeout} s by: "
+                              f"{', '.join(out['missing'])}")
+            console.print("queued per stage: " + ", ".join(f"{s} {n}" for s, n in lag.items()))
+            if parked:
+                console.print("parked per job: " + ", ".join(f"{j} {n}" for j, n in parked.items()))
+    if wait and not out["acknowledged"] and out["workers"]:
+        sys.exit(3)
+
+
+@main.command()
+@_scope_options
+@click.option("--reason", default="", help="Why: recorded with who and when.")
+@click.option("--now", is_flag=True, help="Abort the batch in flight (it is re-read after "
+              "resume) instead of letting it finish and commit.")
+@click.option("--wait", is_flag=True, help="Return once every live worker has acknowledged.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to --wait.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def pause(all_: bool, stage: str | None, job: str | None, reason: str, now: bool, wait: bool,
+          timeout: float, as_json: bool) -> None:
+    """Pause everything, one stage, or one job: durably, from any terminal.
+
+    The pause is desired state on the compacted control topic, so it holds across worker
+    restarts, rebalances and broker restarts; a worker that starts later comes up paused.
+    By default the batch in flight finishes and commits first (drain). A paused job's
+    records are parked and other jobs keep flowing. With --wait, returns when it is safe:
+    every live worker has acknowledged with its committed offsets (exit 3 if not in time).
+    """
+    from streams.control import PAUSED, scope_key
+
+    _set_and_wait(scope_key(all_, stage, job), PAUSED, reason, "now" if now else "drain", wait,
+                  timeout, as_json)
+
+
+@main.command()
+@_scope_options
+@click.option("--reason", default="", help="Recorded with who and when.")
+@click.option("--wait", is_flag=True, help="Return once every live worker has acknowledged.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to --wait.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def resume(all_: bool, stage: str | None, job: str | None, reason: str, wait: bool,
+           timeout: float, as_json: bool) -> None:
+    """Resume a paused scope: work continues from the committed offsets, parked records
+    come back in their original order, nothing committed is redone."""
+    from streams.control import RESUMED, scope_key
+
+    _set_and_wait(scope_key(all_, stage, job), RESUMED, reason, "drain", wait, timeout, as_json)
 
 
 @main.command()

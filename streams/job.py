@@ -24,7 +24,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from streams import broker
+from streams.admin import wait_for_acks
 from streams.blobs import sha256_hex
+from streams.control import PAUSED, RESUMED, ControlClient, ControlView
 from streams.errors import DocstreamsError
 from streams.publish import Publisher, collect, doc_id_for
 from streams.settings import Settings
@@ -98,6 +100,7 @@ def run_job(settings: Settings, paths: Sequence[Path], job_id: str,
         ensure_pipeline_topics(settings, bootstrap)
     console.print(f"broker [bold]{bootstrap}[/]  job [bold]{job_id}[/]  "
                   f"{len(docs)} documents  state in {settings.home}")
+    _resume_if_paused(settings, bootstrap, job_id, console)
     follower = Follower(settings, bootstrap)
     procs = WorkerProcs(settings, bootstrap, workers)
     try:
@@ -110,11 +113,58 @@ def run_job(settings: Settings, paths: Sequence[Path], job_id: str,
                 pub.publish_paths([p for p, _, _ in todo], job_id=job_id, passwords=passwords,
                                   sources={p: s for p, s, _ in todo})
         console.print(f"published {len(todo)} new, {len(docs) - len(todo)} already in the job")
-        snapshot = _follow(follower, procs, job_id, console)
+        try:
+            snapshot = _follow(follower, procs, job_id, console)
+        except KeyboardInterrupt:
+            raise _pause_on_interrupt(settings, bootstrap, job_id, console) from None
     finally:
         procs.stop()
         follower.close()
     return _summarise(settings, snapshot, time.monotonic() - started, procs.restarts)
+
+
+class JobInterrupted(DocstreamsError):
+    """Ctrl-C in ``run``: the job was paused safely (drained and committed)."""
+
+
+def _resume_if_paused(settings: Settings, bootstrap: str, job_id: str, console: Console) -> None:
+    """Re-running a job is how a user resumes it; a pause of everything or of a stage is
+    someone else's decision, so it is only reported."""
+    view = ControlView(settings, bootstrap)
+    try:
+        desired = view.load_to_end()
+    finally:
+        view.close()
+    for entry in desired.paused():
+        if entry["scope"] == f"job:{job_id}":
+            ControlClient(settings, bootstrap).set_state(
+                entry["scope"], RESUMED, reason="re-run with docstreams run")
+            console.print(f"resumed job {job_id} (paused by {entry['by']}"
+                          + (f": {entry['reason']}" if entry["reason"] else "") + ")")
+        elif not entry["scope"].startswith("job:"):
+            console.print(f"[yellow]{entry['scope']} is paused by {entry['by']}"
+                          + (f" ({entry['reason']})" if entry["reason"] else "")
+                          + f": nothing will move until `docstreams resume "
+                          f"{_scope_flag(entry['scope'])}`")
+
+
+def _scope_flag(scope: str) -> str:
+    return "--all" if scope == "all" else f"--{scope.replace(':', ' ', 1)}"
+
+
+def _pause_on_interrupt(settings: Settings, bootstrap: str, job_id: str,
+                        console: Console) -> JobInterrupted:
+    console.print(f"\n[yellow]Ctrl-C: pausing job {job_id} (the batch in flight commits "
+                  "first)...")
+    entry = ControlClient(settings, bootstrap).set_state(
+        f"job:{job_id}", PAUSED, reason="Ctrl-C in docstreams run")
+    report = wait_for_acks(settings, bootstrap, entry, timeout=30)
+    state = ("every worker acknowledged" if report.complete
+             else f"not acknowledged by {report.missing()} in 30 s; the pause still holds")
+    return JobInterrupted(
+        f"job {job_id} paused ({state}). Nothing committed is lost or redone. Resume with the "
+        f"same `docstreams run` command, or `docstreams resume --job {job_id}` with a "
+        "worker running.", reason="interrupted")
 
 
 def _follow(follower: Follower, procs: WorkerProcs, job_id: str,
@@ -128,7 +178,7 @@ def _follow(follower: Follower, procs: WorkerProcs, job_id: str,
             snap = follower.tracker.view(job_id).snapshot()
             for stage, task in tasks.items():
                 st = snap["stages"][stage]
-                progress.update(task, total=snap["documents"], completed=st["done"],
+                progress.update(task, total=st["expected"], completed=st["done"],
                                 executions=st["executions"])
             if snap["complete"]:
                 return snap

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import random
+import signal
 import threading
 import time
 import uuid
@@ -233,6 +236,7 @@ class StageRunner:
                                batches)
         if not items and not pending.produce:
             return
+        self._fault("before_process")
         results = self._process(items, batches) if items else []
         for msg in messages:
             key = (msg.topic(), msg.partition())
@@ -245,6 +249,18 @@ class StageRunner:
             return
         if self._commit(pending, batches, messages):
             self.gate.note_batch(version, len(items))
+
+    def _fault(self, point: str) -> None:
+        """Test-only fault injection: ``DOCSTREAMS_FAULT_AT=<stage>:<point>:<probability>``
+        (with ``DOCSTREAMS_ALLOW_FAULT_INJECTION=1``) SIGKILLs this process at that step, so
+        tests can crash a worker at an exact place of the commit sequence."""
+        spec = self.settings.fault_at
+        if not spec or not self.settings.allow_fault_injection:
+            return
+        stage, want, probability = (spec.split(":") + ["1"])[:3]
+        if stage in (self.stage.name, "*") and want == point and random.random() < float(probability):
+            log.warning("fault injection: SIGKILL at %s:%s", self.stage.name, point)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     # -- pause and resume --------------------------------------------------------------
     def _converge(self) -> None:
@@ -471,14 +487,17 @@ class StageRunner:
                 for key, change in batch.changes.items():
                     producer.produce(self.changelog, key=key.encode(), value=change,
                                      partition=partition)
+            self._fault("after_produce")
             if pending.offsets:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in pending.offsets.items()]
                 producer.send_offsets_to_transaction(
                     offsets, self.consumer.consumer_group_metadata(), 30)
+            self._fault("before_commit")
             self._commit_transaction(producer)
         except KafkaException as exc:
             self._recover(exc, messages)
             return False
+        self._fault("after_commit")  # committed, not yet applied to RocksDB
         for partition, batch in batches.items():
             if batch.changes and partition in self.stores:
                 self.stores[partition].apply(batch.changes)

@@ -84,6 +84,8 @@ class Settings:
     thresholds: Thresholds = Thresholds()
     sink_dsn: str | None = None
     allow_fault_injection: bool = False
+    fault_at: str | None = None
+    kafka_log_level: int = 3
     pipeline_version: str = PIPELINE_VERSION
 
     @classmethod
@@ -103,7 +105,7 @@ class Settings:
             transaction_timeout_ms=_int(env, "DOCSTREAMS_TRANSACTION_TIMEOUT_MS", 60_000, 1000),
             parse_workers=_int(env, "DOCSTREAMS_PARSE_WORKERS", 2, minimum=1),
             parse_timeout_s=_float(env, "DOCSTREAMS_PARSE_TIMEOUT_S", 30.0, minimum=0.1),
-            parse_memory_mb=_int(env, "DOCSTREAMS_PARSE_MEMORY_MB", 2048, minimum=64),
+            parse_memory_mb=_int(env, "DOCSTREAMS_PARSE_MEMORY_MB", 2048, minimum=384),
             max_attempts=_int(env, "DOCSTREAMS_MAX_ATTEMPTS", 3, minimum=1),
             retry_backoff_s=_float(env, "DOCSTREAMS_RETRY_BACKOFF_S", 1.0),
             thresholds=Thresholds(
@@ -113,6 +115,8 @@ class Settings:
             sink_dsn=env.get("DOCSTREAMS_SINK_DSN") or None,
             # Test-only: lets documents ask the parse pool to hang or crash on purpose.
             allow_fault_injection=env.get("DOCSTREAMS_ALLOW_FAULT_INJECTION") == "1",
+            fault_at=env.get("DOCSTREAMS_FAULT_AT") or None,
+            kafka_log_level=_int(env, "DOCSTREAMS_KAFKA_LOG_LEVEL", 3, minimum=0),
         )
         if settings.batch_max_seconds * 1000 >= settings.transaction_timeout_ms / 2:
             raise ConfigError(
@@ -144,7 +148,8 @@ class Settings:
 
     def kafka_common(self, bootstrap: str) -> dict[str, str]:
         """Client settings shared by every producer, consumer and admin client."""
-        return {"bootstrap.servers": bootstrap, **self.kafka_extra}
+        return {"bootstrap.servers": bootstrap, "log_level": self.kafka_log_level,
+                **self.kafka_extra}
 
     def __repr__(self) -> str:
         shown = {k: ("***" if k in _SECRET_KEYS else v) for k, v in self.kafka_extra.items()}

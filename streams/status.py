@@ -33,14 +33,24 @@ class JobView:
     done: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     executions: Counter[str] = field(default_factory=Counter)
     outcome: dict[str, str] = field(default_factory=dict)  # doc_id -> terminal outcome
+    dead_at: dict[str, str] = field(default_factory=dict)  # doc_id -> stage that dead-lettered
     first_at_ms: int | None = None
     last_at_ms: int | None = None
+
+    def _dead_before(self, stage: str) -> int:
+        """Documents dead-lettered by an earlier stage never reach ``stage`` (the sink
+        records every document, dead letters included)."""
+        if stage == "sink":
+            return 0
+        earlier = PIPELINE[:PIPELINE.index(stage)]
+        return sum(1 for d, s in self.dead_at.items() if s in earlier and d in self.submitted)
 
     def snapshot(self, paused: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         outcomes = Counter(self.outcome[d] for d in self.submitted if d in self.outcome)
         documents = len(self.submitted)
         stages = {s: {"done": len(self.done[s] & self.submitted.keys()),
-                      "executions": self.executions[s]} for s in PIPELINE}
+                      "executions": self.executions[s],
+                      "expected": documents - self._dead_before(s)} for s in PIPELINE}
         return {
             "job": self.job,
             "documents": documents,
@@ -81,6 +91,8 @@ class JobTracker:
             view.submitted.setdefault(doc, rec.get("source") or "")
         elif stage in PIPELINE and transition not in _NOT_DONE:
             view.done[stage].add(doc)
+            if transition == "dead_lettered":
+                view.dead_at[doc] = stage
             if stage == "sink" and transition == "recorded":
                 view.outcome[doc] = rec["detail"]
 
