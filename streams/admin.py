@@ -79,7 +79,7 @@ def wait_for_acks(settings: Settings, bootstrap: str, command: dict[str, Any],
             for msg in consumer.consume(100, timeout=0.1):
                 if msg.error():
                     continue
-                _, ack = records.decode(msg.value(), expect="ControlAck")
+                _, ack = records.decode(msg.value() or b"", expect="ControlAck")
                 if ack["command_id"] == command["command_id"]:
                     report.acks[(ack["stage"], ack["worker"])] = ack
             if report.expected and not report.missing():
@@ -148,7 +148,7 @@ def read_control(settings: Settings, bootstrap: str) -> dict[str, Any]:
             while time.monotonic() < deadline:
                 for msg in consumer.consume(1000, timeout=0.3):
                     if not msg.error():
-                        _, ack = records.decode(msg.value(), expect="ControlAck")
+                        _, ack = records.decode(msg.value() or b"", expect="ControlAck")
                         acks[(ack["stage"], ack["worker"])] = ack
                 pos = consumer.position([TopicPartition(topic, p) for p in ends])
                 if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in pos):

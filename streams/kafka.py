@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.settings import Settings
 
@@ -60,6 +60,13 @@ def idempotent_producer(settings: Settings, bootstrap: str) -> Producer:
         "enable.idempotence": True,
         "linger.ms": 5,
     })
+
+
+def where(msg: Message) -> tuple[str, int, int]:
+    """(topic, partition, offset) of a consumed message (never None once consumed)."""
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
 
 
 def kafka_error(exc: BaseException) -> KafkaError | None:

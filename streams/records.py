@@ -118,7 +118,9 @@ def decode(data: bytes, expect: str | None = None) -> tuple[str, dict[str, Any]]
         raise DocstreamsError(f"expected a {expect} record, got {writer.name}", reason="schema")
     reader = current[writer.name]
     body = io.BytesIO(data[10:])
-    return writer.name, fastavro.schemaless_reader(body, writer.parsed, reader.parsed)
+    record = fastavro.schemaless_reader(body, writer.parsed, reader.parsed)
+    assert isinstance(record, dict)
+    return writer.name, record
 
 
 def fingerprint_hex(name: str) -> str:

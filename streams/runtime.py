@@ -39,6 +39,7 @@ from streams.kafka import (
     kafka_error,
     reader,
     transactional_producer,
+    where,
 )
 from streams.outcomes import DeadLetter, Emit, Note, Retry, StageResult
 from streams.pausing import PauseGate
@@ -85,7 +86,7 @@ def process_each(
 class _Pending:
     """What one transaction will write."""
 
-    produce: list[tuple[str, str, bytes, int | None]] = field(default_factory=list)
+    produce: list[tuple[str, str, bytes]] = field(default_factory=list)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
@@ -207,7 +208,7 @@ class StageRunner:
                                        f"{position} < {high}")
                 msg = consumer.poll(0.5)
                 if msg is not None and not msg.error():
-                    store.apply({msg.key().decode(): msg.value()})
+                    store.apply({(msg.key() or b"").decode(): msg.value()})
                 pos = consumer.position([TopicPartition(self.changelog, partition)])[0].offset
                 position = max(position, pos)
             store.checkpoint = high
@@ -239,8 +240,9 @@ class StageRunner:
         self._fault("before_process")
         results = self._process(items, batches) if items else []
         for msg in messages:
-            key = (msg.topic(), msg.partition())
-            pending.offsets[key] = max(pending.offsets.get(key, 0), msg.offset() + 1)
+            topic, partition, offset = where(msg)
+            key = (topic, partition)
+            pending.offsets[key] = max(pending.offsets.get(key, 0), offset + 1)
         for item, result in zip(items, results, strict=True):
             self._route(item, result, batches[item.partition], pending)
         if self.gate.abort_requested(version):
@@ -346,14 +348,15 @@ class StageRunner:
         return False
 
     def _decode(self, msg: Message) -> InputRecord:
-        logical = msg.topic()[len(self.prefix):]
+        topic, partition, offset = where(msg)
         key = (msg.key() or b"").decode()
+        value = msg.value() or b""
         try:
-            schema, record = records.decode(msg.value())
+            schema, record = records.decode(value)
         except Exception as exc:  # noqa: BLE001 - undecodable input is a dead letter
             schema, record = "Undecodable", {"error": str(exc)}
-        return InputRecord(logical, msg.partition(), msg.offset(), key, schema, record,
-                           msg.value())
+        return InputRecord(topic[len(self.prefix):], partition, offset, key, schema, record,
+                           value)
 
     def _record_executions(self, items: list[InputRecord]) -> None:
         """Durably count the work about to start, outside the transaction, so that work
@@ -387,7 +390,7 @@ class StageRunner:
                 topic = emit.topic or names.STAGE_OUTPUT[self.stage.name]
                 if topic is not None:
                     pending.produce.append((topic, item.key,
-                                            records.encode(emit.schema, emit.record), None))
+                                            records.encode(emit.schema, emit.record)))
             self._event(pending, item, outcome.transition, outcome.detail)
         elif isinstance(outcome, Note):
             self._event(pending, item, outcome.transition, outcome.detail)
@@ -442,7 +445,7 @@ class StageRunner:
 
     def _dead_letter(self, item: InputRecord, dead: DeadLetter, pending: _Pending) -> None:
         if item.schema == "Undecodable":
-            doc = {"doc_id": item.key or f"{item.topic}:{item.partition}:{item.offset}",
+            doc: dict[str, Any] = {"doc_id": item.key or f"{item.topic}:{item.partition}:{item.offset}",
                    "job_id": "", "source": "", "sha256": "", "blob_ref": "", "size_bytes": 0,
                    "submitted_at_ms": 0}
         else:
@@ -455,7 +458,7 @@ class StageRunner:
             "source_offset": item.offset, "page_count": dead.page_count,
             "pipeline_version": self.settings.pipeline_version, "dead_lettered_at_ms": now_ms(),
         })
-        pending.produce.append((names.DEADLETTER, doc["doc_id"], value, None))
+        pending.produce.append((names.DEADLETTER, doc["doc_id"], value))
         self._event(pending, item, "dead_lettered", f"{dead.reason}: {dead.message}", doc)
 
     def _event(self, pending: _Pending, item: InputRecord, transition: str, detail: str,
@@ -468,7 +471,7 @@ class StageRunner:
             "worker": self.worker_id, "at_ms": now_ms(),
             "pipeline_version": self.settings.pipeline_version,
         })
-        pending.produce.append((names.EVENTS, doc["doc_id"], value, None))
+        pending.produce.append((names.EVENTS, doc["doc_id"], value))
 
     # -- the one commit function -------------------------------------------------------
     def _commit(self, pending: _Pending, batches: dict[int, Batch],
@@ -479,10 +482,8 @@ class StageRunner:
         producer = self.producer
         try:
             producer.begin_transaction()
-            for topic, key, value, partition in pending.produce:
-                kwargs = {} if partition is None else {"partition": partition}
-                producer.produce(names.topic(self.prefix, topic), key=key.encode(), value=value,
-                                 **kwargs)
+            for topic, key, value in pending.produce:
+                producer.produce(names.topic(self.prefix, topic), key=key.encode(), value=value)
             for partition, batch in batches.items():
                 for key, change in batch.changes.items():
                     producer.produce(self.changelog, key=key.encode(), value=change,
@@ -542,8 +543,8 @@ class StageRunner:
         assert self.consumer is not None
         first: dict[tuple[str, int], int] = {}
         for msg in messages:
-            key = (msg.topic(), msg.partition())
-            first[key] = min(first.get(key, msg.offset()), msg.offset())
+            topic, partition, offset = where(msg)
+            first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         for (topic, partition), offset in first.items():
             if (topic, partition) in assigned:

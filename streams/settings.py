@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from streams.errors import ConfigError
 
@@ -146,7 +147,7 @@ class Settings:
     def sink_path(self) -> Path:
         return self.home / "decisions.sqlite"
 
-    def kafka_common(self, bootstrap: str) -> dict[str, str]:
+    def kafka_common(self, bootstrap: str) -> dict[str, Any]:
         """Client settings shared by every producer, consumer and admin client."""
         return {"bootstrap.servers": bootstrap, "log_level": self.kafka_log_level,
                 **self.kafka_extra}

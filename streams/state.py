@@ -66,9 +66,10 @@ class PartitionStore:
     def scan(self, prefix: str) -> Iterator[tuple[str, bytes]]:
         start = prefix.encode()
         for raw_key, value in self._db.items(from_key=start):
+            assert isinstance(raw_key, bytes) and isinstance(value, bytes)  # raw mode
             if not raw_key.startswith(start):
                 break
-            yield raw_key.decode(), bytes(value)
+            yield raw_key.decode(), value
 
     def apply(self, changes: dict[str, bytes | None]) -> None:
         for key, value in changes.items():

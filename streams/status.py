@@ -122,7 +122,7 @@ class Follower:
                 if msg.error():
                     continue
                 try:
-                    schema, rec = records.decode(msg.value())
+                    schema, rec = records.decode(msg.value() or b"")
                 except Exception:  # noqa: BLE001 - the audit log must not stop status
                     continue
                 self.tracker.add(schema, rec)
