@@ -225,7 +225,7 @@ class StageRunner:
             return
         version = self.gate.version()
         messages = [
-            m for m in self.consumer.consume(self.settings.batch_max_docs, timeout=0.5)
+            m for m in self.consumer.consume(self.settings.batch_max_docs, timeout=0.2)
             if not self._is_error(m)
         ]
         batches = {p: Batch(store) for p, store in self.stores.items()}
@@ -238,19 +238,23 @@ class StageRunner:
         if not items and not pending.produce:
             return
         self._fault("before_process")
-        results = self._process(items, batches) if items else []
+        results = self._process(items, batches, version) if items else []
+        unprocessed = [m for m in messages if self._cut_at(m, items[len(results):])]
         for msg in messages:
             topic, partition, offset = where(msg)
             key = (topic, partition)
-            pending.offsets[key] = max(pending.offsets.get(key, 0), offset + 1)
-        for item, result in zip(items, results, strict=True):
+            if not any(where(u)[:2] == key and where(u)[2] <= offset for u in unprocessed):
+                pending.offsets[key] = max(pending.offsets.get(key, 0), offset + 1)
+        for item, result in zip(items, results, strict=False):
             self._route(item, result, batches[item.partition], pending)
+        if unprocessed:
+            self._rewind(unprocessed)
         if self.gate.abort_requested(version):
             self.gate.aborted = True
             self._rewind(messages)
             return
         if self._commit(pending, batches, messages):
-            self.gate.note_batch(version, len(items))
+            self.gate.note_batch(version, len(results))
 
     def _fault(self, point: str) -> None:
         """Test-only fault injection: ``DOCSTREAMS_FAULT_AT=<stage>:<point>:<probability>``
@@ -299,7 +303,7 @@ class StageRunner:
         """While paused, keep polling (group membership, rebalance callbacks); a record
         fetched before the pause took effect is sought back to, never dropped."""
         assert self.consumer is not None
-        held = [m for m in self.consumer.consume(self.settings.batch_max_docs, timeout=0.5)
+        held = [m for m in self.consumer.consume(self.settings.batch_max_docs, timeout=0.2)
                 if not self._is_error(m)]
         if held:
             self._rewind(held)
@@ -326,20 +330,50 @@ class StageRunner:
         self.exec_producer.flush(30)
         self.gate.acked_all(entries)
 
-    def _process(self, items: list[InputRecord], batches: dict[int, Batch]) -> list[StageResult]:
-        """Count executions, then run the stage — except on documents the stage says it
-        has already done (a re-published duplicate): those are audited, not counted."""
+    def _process(self, items: list[InputRecord], batches: dict[int, Batch],
+                 version: int) -> list[StageResult]:
+        """Run the stage over the batch in chunks; return results for a prefix of it.
+
+        Between chunks the runner looks at the control topic: when a pause has arrived,
+        it stops there, so that draining means the work already started (not the whole
+        batch) commits, and the rest is re-read after resume. Executions are counted per
+        chunk, just before its work starts; documents the stage has already done (a
+        re-published duplicate) are audited, not counted.
+        """
         already_done = getattr(self.stage, "already_done", None)
-        done: dict[int, StageResult] = {}
-        if already_done is not None:
-            for i, item in enumerate(items):
-                why = already_done(item, batches[item.partition])
+        size = self._chunk_size()
+        results: list[StageResult] = []
+        for start in range(0, len(items), size):
+            if start and self.gate.version() != version:
+                break
+            chunk = items[start:start + size]
+            done: dict[int, StageResult] = {}
+            for i, item in enumerate(chunk):
+                why = already_done(item, batches[item.partition]) if already_done else None
                 if why:
                     done[i] = StageResult(Note("duplicate_ignored", why))
-        work = [item for i, item in enumerate(items) if i not in done]
-        self._record_executions(work)
-        worked = iter(self.stage.process_batch(work, batches) if work else [])
-        return [done[i] if i in done else next(worked) for i in range(len(items))]
+            work = [item for i, item in enumerate(chunk) if i not in done]
+            self._record_executions(work)
+            worked = iter(self.stage.process_batch(work, batches) if work else [])
+            results += [done[i] if i in done else next(worked) for i in range(len(chunk))]
+        return results
+
+    @staticmethod
+    def _cut_at(msg: Message, left: list[InputRecord]) -> bool:
+        """Whether ``msg`` is one of the records left unprocessed by an early stop."""
+        topic, partition, offset = where(msg)
+        return any(i.state_key is None and i.partition == partition and i.offset == offset
+                   and topic.endswith(i.topic) for i in left)
+
+    def _chunk_size(self) -> int:
+        """Parse works in the process pool: a chunk keeps every child busy once. Extract
+        can take a few hundred ms on a long contract: one document at a time. The other
+        stages are quick enough to take the batch whole."""
+        if self.stage.name == "parse":
+            return max(1, self.settings.parse_workers)
+        if self.stage.name == "extract":
+            return 1
+        return max(1, self.settings.batch_max_docs)
 
     def _is_error(self, msg: Message) -> bool:
         if msg.error():
