@@ -9,6 +9,7 @@ CORPUS   ?= ../shared/corpus
 JOB      ?= sample
 KAFKA_LIBS := $(HOME_DIR)/broker/libs
 PYTEST_ARGS ?=
+export DOCSTREAMS_CORPUS ?= $(abspath $(CORPUS))
 
 .PHONY: help setup run test unit integration lint typecheck clean broker-stop
 
@@ -30,7 +31,7 @@ $(KAFKA_LIBS)/.complete: tools/kafka/pom.xml
 
 setup: $(VENV)/.installed $(KAFKA_LIBS)/.complete  ## Virtualenv + Kafka jars (idempotent)
 
-run: setup  ## The main job on the sample corpus (all of $(CORPUS)/real and /bad), local broker
+run: setup  ## The main job on the sample corpus (all of CORPUS/real and CORPUS/bad), local broker
 	@test -d $(CORPUS) || { echo "corpus not found at $(CORPUS); set CORPUS=..."; exit 2; }
 	$(VENV)/bin/docstreams run $(CORPUS)/real $(CORPUS)/bad --job $(JOB) \
 	  --passwords samples/passwords.json

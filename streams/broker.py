@@ -362,8 +362,9 @@ def resolve_bootstrap(settings: Settings, *, start: bool = True) -> str:
     if _running_pid(paths, state) is not None:
         return f"{HOST}:{state['port']}"
     raise DocstreamsError(
-        "No Kafka broker: start the local one with `docstreams broker start`, "
-        "or set DOCSTREAMS_BOOTSTRAP=host:port to use an existing cluster.",
+        f"No local Kafka broker is running under {settings.home} (DOCSTREAMS_HOME, default "
+        "./.docstreams of the current folder): start it with `docstreams broker start`, run "
+        "from the folder where you started it, or set DOCSTREAMS_BOOTSTRAP=host:port.",
         reason="broker_unavailable", retryable=True,
     )
 

@@ -21,7 +21,7 @@ from streams.errors import DocstreamsError
 from streams.names import STAGES as STAGE_NAMES
 from streams.settings import Settings
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 ENV_HELP = """
 \b
 Environment:
@@ -33,6 +33,15 @@ Environment:
 
 def _settings() -> Settings:
     return Settings.from_env(os.environ)
+
+
+def _bootstrap_starting(settings: Settings) -> str:
+    """The cluster to use; the local broker is started (and said so) if none is set."""
+    if settings.bootstrap:
+        return settings.bootstrap
+    if not local_broker.status(settings).get("ready"):
+        console.print(f"starting the local broker under {settings.home}/broker ...")
+    return local_broker.resolve_bootstrap(settings)
 
 
 def _fail(exc: DocstreamsError) -> None:
@@ -108,8 +117,10 @@ def run(paths: tuple[Path, ...], job_id: str | None, passwords: Path | None, wor
         click.echo(json.dumps(summary, indent=2))
     else:
         _print_status(summary)
-        console.print(f"outputs: {summary['outputs']}  "
-                      f"({summary['elapsed_s']} s, {summary['documents_per_s']} docs/s, "
+        console.print(f"outputs: {summary['outputs']}")
+        console.print(f"this run {summary['elapsed_s']} s; the job processed "
+                      f"{summary['documents']} documents, {summary['pages']} pages in "
+                      f"{summary['processing_s']} s ({summary['documents_per_s']} docs/s, "
                       f"{summary['pages_per_s']} pages/s)")
         if not settings.bootstrap:
             console.print("the local broker is still running; stop it with "
@@ -163,6 +174,11 @@ def status(jobs: tuple[str, ...], as_json: bool) -> None:
     control = admin.read_control(settings, bootstrap)
     paused = admin.paused_with_warnings(settings, bootstrap, control["paused"])
     snaps = job_status(settings, bootstrap, jobs or None)
+    unknown = [s["job"] for s in snaps if s["documents"] == 0]
+    if jobs and unknown:
+        raise DocstreamsError(f"no documents were ever submitted to job(s) "
+                              f"{', '.join(unknown)} on {bootstrap}; `docstreams status` "
+                              "lists every job", reason="not_found")
     for snap in snaps:
         snap["paused"] = [p for p in paused
                           if p["scope"] in ("all", f"job:{snap['job']}")
@@ -299,7 +315,7 @@ def publish(paths: tuple[Path, ...], job_id: str, passwords: Path | None, as_jso
     from streams.worker import ensure_pipeline_topics
 
     settings = _settings()
-    bootstrap = local_broker.resolve_bootstrap(settings)
+    bootstrap = _bootstrap_starting(settings)
     ensure_pipeline_topics(settings, bootstrap)
     with Publisher(settings, bootstrap) as pub:
         done = pub.publish_paths(list(paths), job_id=job_id, passwords=_load_passwords(passwords))
@@ -329,17 +345,21 @@ def worker(worker_id: str | None, stages: tuple[str, ...]) -> None:
     from streams.worker import Worker
 
     settings = _settings()
-    bootstrap = local_broker.resolve_bootstrap(settings)
-    w = Worker(settings, bootstrap, worker_id or f"worker-{socket.gethostname()}",
-               stages or names.STAGES)
+    bootstrap = _bootstrap_starting(settings)
+    wid = worker_id or f"worker-{socket.gethostname()}"
+    w = Worker(settings, bootstrap, wid, stages or names.STAGES)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     w.start()
+    console.print(f"worker {wid} running {', '.join(w.stage_names)} on {bootstrap}; "
+                  "Ctrl-C or SIGTERM stops it (the batch in flight commits first)")
     while not stop.wait(1.0):
         if not w.alive():
             break
+    console.print(f"worker {wid} stopping...")
     w.stop()
+    console.print(f"worker {wid} stopped")
 
 
 def _attach_optional() -> None:

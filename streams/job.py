@@ -191,12 +191,17 @@ def _summarise(settings: Settings, snap: dict[str, Any], seconds: float,
     pages = 0
     for path in out.glob("d*.json"):
         pages += json.loads(path.read_text()).get("pages") or 0
+    # Throughput over the job's own processing time (first to last audit event), so a
+    # re-run that had nothing to do does not report a made-up rate.
+    first, last = snap["first_event_at_ms"], snap["last_event_at_ms"]
+    busy = (last - first) / 1000 if first is not None and last is not None else 0.0
     summary = {
         **snap,
         "pages": pages,
         "elapsed_s": round(seconds, 2),
-        "documents_per_s": round(snap["documents"] / seconds, 3) if seconds else None,
-        "pages_per_s": round(pages / seconds, 3) if seconds else None,
+        "processing_s": round(busy, 2),
+        "documents_per_s": round(snap["documents"] / busy, 3) if busy else None,
+        "pages_per_s": round(pages / busy, 3) if busy else None,
         "worker_restarts": restarts,
         "outputs": str(out),
     }

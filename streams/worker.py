@@ -9,6 +9,7 @@ state incrementally.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from streams import names, topics
 from streams.blobs import BlobStore
 from streams.control import ControlView
+from streams.errors import DocstreamsError
 from streams.extract import RuleExtractor
 from streams.parse_pool import ParsePool
 from streams.runtime import Stage, StageRunner
@@ -62,7 +64,23 @@ class Worker:
         self.sink = DecisionsSink(s.sink_path)
         return SinkStage(s, self.sink)
 
+    def _claim_id(self) -> None:
+        """One process per worker id on a machine: the id names the RocksDB folders (which
+        RocksDB locks) and the transactional ids (which would fence each other)."""
+        folder = self.settings.state_dir / self.worker_id
+        folder.mkdir(parents=True, exist_ok=True)
+        self._lock = open(folder / ".worker.lock", "w")  # noqa: SIM115 - held for life
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise DocstreamsError(
+                f"worker id {self.worker_id!r} is already in use by another process on this "
+                f"machine (state {folder}); give each worker its own --worker-id",
+                reason="worker_id_in_use") from None
+
     def start(self) -> None:
+        self._claim_id()
         ensure_pipeline_topics(self.settings, self.bootstrap)
         # Fail closed: know the pause state before consuming anything.
         self.control = ControlView(self.settings, self.bootstrap)
@@ -89,6 +107,8 @@ class Worker:
             self.pool.close()
         if self.sink is not None:
             self.sink.close()
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()
 
     def alive(self) -> bool:
         return all(t.is_alive() for t in self.threads)
