@@ -73,7 +73,7 @@ def main(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-def _load_passwords(path: Path | None) -> dict[str, str]:
+def load_passwords(path: Path | None) -> dict[str, str]:
     if path is None:
         return {}
     try:
@@ -108,7 +108,7 @@ def run(paths: tuple[Path, ...], job_id: str | None, passwords: Path | None, wor
     settings = _settings()
     job = job_id or paths[0].resolve().name
     try:
-        summary = run_job(settings, list(paths), job, _load_passwords(passwords), workers,
+        summary = run_job(settings, list(paths), job, load_passwords(passwords), workers,
                           console)
     except JobInterrupted as exc:
         console.print(str(exc))
@@ -318,7 +318,7 @@ def publish(paths: tuple[Path, ...], job_id: str, passwords: Path | None, as_jso
     bootstrap = _bootstrap_starting(settings)
     ensure_pipeline_topics(settings, bootstrap)
     with Publisher(settings, bootstrap) as pub:
-        done = pub.publish_paths(list(paths), job_id=job_id, passwords=_load_passwords(passwords))
+        done = pub.publish_paths(list(paths), job_id=job_id, passwords=load_passwords(passwords))
     if as_json:
         click.echo(json.dumps([p.__dict__ for p in done], indent=2))
     else:
@@ -364,8 +364,10 @@ def worker(worker_id: str | None, stages: tuple[str, ...]) -> None:
 
 def _attach_optional() -> None:
     from streams.cli_broker import broker
+    from streams.cli_dlq import dlq
 
     main.add_command(broker)
+    main.add_command(dlq)
 
 
 _attach_optional()

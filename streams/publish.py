@@ -5,6 +5,11 @@ never the bytes) goes to ``docs.submitted`` with a ``submitted`` lifecycle event
 in one transaction. ``doc_id`` is stable: the same file (same name within the job,
 same bytes) published again to the same job gets the same id, and the parse stage
 ignores the repeat, so re-publishing is a no-op.
+
+A dead-lettered document is re-submitted (``docstreams dlq retry``) as the same
+``DocumentRef`` with ``resubmission`` (the retry generation) raised by one, and a
+``resubmitted`` event whose ``seq`` is ``generation * RESUBMISSION_SEQ``. The parse stage
+admits each (doc_id, generation) once, so a repeated retry of one generation is a no-op.
 """
 
 from __future__ import annotations
@@ -14,10 +19,10 @@ import hashlib
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from streams import names, records
 from streams.blobs import BlobStore, sha256_hex
@@ -27,6 +32,10 @@ from streams.secrets import SecretStore
 from streams.settings import Settings
 
 _CHUNK = 200
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+# The seq of a ``resubmitted`` event: generation g opens a new range of the document's life.
+RESUBMISSION_SEQ = 1000
 
 
 def doc_id_for(job_id: str, source: str, sha256: str) -> str:
@@ -47,6 +56,23 @@ def collect(paths: Iterable[Path]) -> Iterator[tuple[Path, str]]:
             rel = path.relative_to(root)
             if path.is_file() and not any(part.startswith(".") for part in rel.parts):
                 yield path, f"{root.resolve().name}/{rel.as_posix()}"
+
+
+def password_ref_for(job_id: str, doc_id: str, generation: int = 0) -> str:
+    """The secret-store name of a document's password; a retry generation that brings
+    its own password gets its own name, so no earlier record's secret is overwritten."""
+    base = f"{job_id}/{doc_id}"
+    return base if generation == 0 else f"{base}/r{generation}"
+
+
+@dataclass(frozen=True)
+class Resubmission:
+    """A document already in the blob store, sent through the pipeline again."""
+
+    doc: dict[str, Any]  # its DocumentRef, as carried by its dead letter
+    generation: int  # >= 1
+    password_ref: str | None = None
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -118,12 +144,25 @@ class Publisher:
         at all, and a re-run re-submits what a crash left out (doc ids are stable)."""
         if not job_id:
             raise DocstreamsError("a job id is required", reason="bad_request")
+        return self._in_transactions(
+            items, lambda item: self._submit(item[0], item[1], item[2], job_id))
+
+    def resubmit_many(self, items: list[Resubmission]) -> None:
+        """Send documents through the pipeline again from parse, each with its retry
+        generation, in transactions of up to ``_CHUNK`` (all of a chunk or none of it)."""
+        for item in items:
+            if item.generation < 1:
+                raise DocstreamsError("a re-submission needs a generation of 1 or more",
+                                      reason="bad_request")
+        self._in_transactions(items, self._resubmit)
+
+    def _in_transactions(self, items: list[_T], submit: Callable[[_T], _R]) -> list[_R]:
         out = []
         for start in range(0, len(items), _CHUNK):
             self._producer.begin_transaction()
             try:
-                for data, source, password in items[start:start + _CHUNK]:
-                    out.append(self._submit(data, source, password, job_id))
+                for item in items[start:start + _CHUNK]:
+                    out.append(submit(item))
                 self._producer.commit_transaction(60)
             except BaseException:
                 self._producer.abort_transaction(30)
@@ -135,23 +174,39 @@ class Publisher:
         doc_id = doc_id_for(job_id, source, digest)
         password_ref = None
         if password is not None:
-            password_ref = f"{job_id}/{doc_id}"
+            password_ref = password_ref_for(job_id, doc_id)
             self.secrets.put(password_ref, password)
         now = int(time.time() * 1000)
         doc = {"doc_id": doc_id, "job_id": job_id, "source": source, "sha256": digest,
                "blob_ref": self.blobs.put(data), "size_bytes": len(data),
                "submitted_at_ms": now}
+        self._produce(doc, password_ref, 0, "submitted", f"{len(data)} bytes", now)
+        return Published(doc_id, source, digest, len(data))
+
+    def _resubmit(self, item: Resubmission) -> None:
+        doc = item.doc
+        if not self.blobs.exists(doc["blob_ref"]):
+            raise DocstreamsError(f"blob {doc['blob_ref']} of {doc['doc_id']} is missing from "
+                                  f"{self.blobs.root}", reason="blob_missing")
+        detail = f"retry generation {item.generation}" + (f": {item.note}" if item.note else "")
+        self._produce(doc, item.password_ref, item.generation, "resubmitted", detail,
+                      int(time.time() * 1000))
+
+    def _produce(self, doc: dict[str, Any], password_ref: str | None, generation: int,
+                 transition: str, detail: str, now: int) -> None:
+        """The DocumentSubmitted record and its lifecycle event (in the open transaction)."""
         submitted: dict[str, Any] = {"doc": doc, "submitted_by": self.submitted_by,
                                      "password_ref": password_ref,
-                                     "media_type": "application/pdf"}
-        event = {"event_id": uuid.uuid4().hex, "subject": doc_id, "job_id": job_id, "seq": 0,
-                 "stage": "submit", "transition": "submitted", "detail": f"{len(data)} bytes",
-                 "source": source, "worker": self.submitted_by, "at_ms": now,
+                                     "media_type": "application/pdf",
+                                     "resubmission": generation}
+        event = {"event_id": uuid.uuid4().hex, "subject": doc["doc_id"], "job_id": doc["job_id"],
+                 "seq": generation * RESUBMISSION_SEQ, "stage": "submit",
+                 "transition": transition, "detail": detail, "source": doc["source"],
+                 "worker": self.submitted_by, "at_ms": now,
                  "pipeline_version": self.settings.pipeline_version}
-        key = doc_id.encode()
+        key = doc["doc_id"].encode()
         prefix = self.settings.topic_prefix
         self._producer.produce(names.topic(prefix, names.SUBMITTED), key=key,
                                value=records.encode("DocumentSubmitted", submitted))
         self._producer.produce(names.topic(prefix, names.EVENTS), key=key,
                                value=records.encode("LifecycleEvent", event))
-        return Published(doc_id, source, digest, len(data))

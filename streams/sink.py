@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (
@@ -41,6 +41,15 @@ ON CONFLICT (doc_id, sha256, pipeline_version) DO UPDATE SET
     outcome = excluded.outcome, doc_type = excluded.doc_type, reasons = excluded.reasons,
     fields = excluded.fields, last_written_at_ms = excluded.last_written_at_ms
 """
+
+
+class DecisionsStore(Protocol):
+    """The sink port: what :class:`streams.stages.SinkStage` needs of a decisions table
+    (SQLite here, PostgreSQL in :mod:`streams.sink_postgres`)."""
+
+    def upsert(self, result: dict[str, Any], at_ms: int) -> None: ...
+    def rows(self, job_id: str | None = None) -> list[dict[str, Any]]: ...
+    def close(self) -> None: ...
 
 
 class DecisionsSink:

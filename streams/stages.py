@@ -6,6 +6,7 @@ runs in the process pool (streams.parse_pool), behind ``ParsePool.parse_many``.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -20,10 +21,16 @@ from streams.parse_pool import ParsePool, ParseRequest
 from streams.runtime import InputRecord, process_each
 from streams.secrets import SecretStore
 from streams.settings import Settings
-from streams.sink import DecisionsSink, write_output
+from streams.sink import DecisionsStore, write_output
 from streams.state import StatePort
 
 SEEN_PREFIX = "seen/"
+
+
+def seen_key(doc_id: str, generation: int = 0) -> str:
+    """Generation 0 keeps the key it always had, so state written before retries existed
+    still marks those documents as seen."""
+    return f"{SEEN_PREFIX}{doc_id}" + (f"/{generation}" if generation else "")
 
 
 def _unexpected(item: InputRecord, expected: str) -> StageResult | None:
@@ -56,16 +63,27 @@ class ParseStage:
         self.blobs, self.secrets, self.pool = blobs, secrets, pool
 
     def already_done(self, item: InputRecord, state: StatePort) -> str | None:
-        """A document re-published to the same job (same name, same bytes) is ignored."""
+        """A document re-published to the same job (same name, same bytes) is ignored; so
+        is a repeat of one `dlq retry` generation: each (doc_id, generation) is admitted once."""
         if not item.retrying and item.schema == "DocumentSubmitted":
-            key = SEEN_PREFIX + item.doc["doc_id"]
+            generation = int(item.record.get("resubmission") or 0)
+            key = seen_key(item.doc["doc_id"], generation)
             if state.get(key) is not None:
-                return "already submitted to this job"
+                return ("already submitted to this job" if generation == 0
+                        else f"retry generation {generation} already submitted")
             state.put(key, item.doc["sha256"].encode())  # in the batch: catches a twin in it
         return None
 
-    def _cached(self, doc: dict[str, Any]) -> StageResult | None:
-        ref = self.blobs.lookup("parsed", f"{doc['sha256']}:{PARSER_VERSION}")
+    @staticmethod
+    def _cache_name(doc: dict[str, Any], password: str | None) -> str:
+        """The artifact cache key: digest, parser version, and the password used, so an
+        artifact decrypted with a password never serves a request without it (or with a
+        wrong one). Only a hash of the password is part of the name."""
+        secret = hashlib.sha256((password or "").encode()).hexdigest()[:16]
+        return f"{doc['sha256']}:{PARSER_VERSION}:{secret}"
+
+    def _cached(self, doc: dict[str, Any], password: str | None) -> StageResult | None:
+        ref = self.blobs.lookup("parsed", self._cache_name(doc, password))
         if ref is None:
             return None
         parsed = json.loads(self.blobs.get(ref))
@@ -77,11 +95,11 @@ class ParseStage:
         if bad:
             return bad
         doc = item.doc
-        cached = self._cached(doc)
+        password = self.secrets.get(item.record.get("password_ref"))
+        cached = self._cached(doc, password)
         if cached:
             return cached
         data = self.blobs.get(doc["blob_ref"])
-        password = self.secrets.get(item.record.get("password_ref"))
         return ParseRequest(data=data, expected_sha256=doc["sha256"], password=password)
 
     def process_batch(self, items: list[InputRecord],
@@ -100,11 +118,11 @@ class ParseStage:
             else:
                 results.append(first)
         answers = self.pool.parse_many([r for _, r in requests]) if requests else []
-        for (i, _), answer in zip(requests, answers, strict=True):
-            results[i] = self._outcome(items[i], answer)
+        for (i, request), answer in zip(requests, answers, strict=True):
+            results[i] = self._outcome(items[i], answer, request.password)
         return [r for r in results if r is not None]
 
-    def _outcome(self, item: InputRecord, answer: Any) -> StageResult:
+    def _outcome(self, item: InputRecord, answer: Any, password: str | None) -> StageResult:
         doc = item.doc
         if isinstance(answer, ParseFailure):
             return StageResult(DeadLetter(answer.reason, answer.message, "ParseFailure"))
@@ -113,7 +131,7 @@ class ParseStage:
                 return StageResult(Retry(answer.reason, str(answer)))
             return StageResult(DeadLetter(answer.reason, str(answer), type(answer).__name__))
         ref = self.blobs.put(json.dumps(answer, separators=(",", ":")).encode())
-        self.blobs.bind("parsed", f"{doc['sha256']}:{PARSER_VERSION}", ref)
+        self.blobs.bind("parsed", self._cache_name(doc, password), ref)
         flags = " (no text layer: needs OCR)" if answer["needs_ocr"] else ""
         return StageResult(Emit("DocumentParsed", parsed_summary(doc, ref, answer), "parsed",
                                 f"{answer['page_count']} pages{flags}"))
@@ -238,7 +256,7 @@ class SinkStage:
 
     name = "sink"
 
-    def __init__(self, settings: Settings, sink: DecisionsSink) -> None:
+    def __init__(self, settings: Settings, sink: DecisionsStore) -> None:
         self.settings, self.sink = settings, sink
 
     def process_batch(self, items: list[InputRecord],

@@ -23,7 +23,8 @@ from streams.parse_pool import ParsePool
 from streams.runtime import Stage, StageRunner
 from streams.secrets import SecretStore
 from streams.settings import Settings
-from streams.sink import DecisionsSink
+from streams.sink import DecisionsStore
+from streams.sink_postgres import open_sink
 from streams.stages import ExtractStage, ParseStage, RouteStage, SinkStage, ValidateStage
 
 log = logging.getLogger("docstreams.worker")
@@ -43,7 +44,7 @@ class Worker:
         self.settings, self.bootstrap, self.worker_id = settings, bootstrap, worker_id
         self.stage_names = list(stages)
         self.pool: ParsePool | None = None
-        self.sink: DecisionsSink | None = None
+        self.sink: DecisionsStore | None = None
         self.control: ControlView | None = None
         self.runners: list[StageRunner] = []
         self.threads: list[threading.Thread] = []
@@ -61,7 +62,7 @@ class Worker:
             return ValidateStage()
         if name == "route":
             return RouteStage(s)
-        self.sink = DecisionsSink(s.sink_path)
+        self.sink = open_sink(s)
         return SinkStage(s, self.sink)
 
     def _claim_id(self) -> None:

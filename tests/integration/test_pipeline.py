@@ -115,3 +115,24 @@ def test_worker_restart_mid_job_loses_and_doubles_nothing(settings, bootstrap):
         assert st["executions"] == st["done"], (stage, st)
     per_doc = Counter(key for key, _, _ in _terminal_records(settings, bootstrap))
     assert len(per_doc) == n and set(per_doc.values()) == {1}
+
+
+def test_cached_parse_never_bypasses_the_password(settings, bootstrap):
+    """The parse artifact is cached by digest; a decrypted artifact must not serve the
+    same bytes submitted later without their password, or with a wrong one."""
+    ensure_pipeline_topics(settings, bootstrap)
+    path = corpus_file(WITH_PASSWORD)
+    data = path.read_bytes()
+    with running_worker(settings, bootstrap), Publisher(settings, bootstrap) as pub:
+        pub.publish_bytes(data, source="right.pdf", job_id="pw",
+                          password=password_from_name(path.name))
+        wait_for_job(settings, bootstrap, "pw", 1)  # the artifact is cached now
+        pub.publish_bytes(data, source="none.pdf", job_id="pw")
+        pub.publish_bytes(data, source="wrong.pdf", job_id="pw", password="WRONG")
+        wait_for_job(settings, bootstrap, "pw", 3)
+    outs = {json.loads(p.read_text())["source"]: json.loads(p.read_text())
+            for p in (settings.out_dir / "pw").glob("d*.json")}
+    assert outs["right.pdf"]["outcome"] != "dead_letter"
+    for name in ("none.pdf", "wrong.pdf"):
+        assert outs[name]["outcome"] == "dead_letter", outs[name]
+        assert outs[name]["reasons"][0].startswith("encrypted"), outs[name]["reasons"]

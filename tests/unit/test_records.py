@@ -5,6 +5,7 @@ import json
 
 import fastavro
 import pytest
+from fastavro.read import SchemaResolutionError
 from fastavro.schema import to_parsing_canonical_form
 from fastavro.utils import generate_many
 
@@ -79,7 +80,7 @@ def test_resolution_check_catches_an_incompatible_change():
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, old, sample)
     buf.seek(0)
-    with pytest.raises(Exception):
+    with pytest.raises(SchemaResolutionError):
         fastavro.schemaless_reader(buf, old, new)
     raw["fields"][-1]["default"] = "none"
     buf.seek(0)
