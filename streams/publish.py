@@ -195,6 +195,7 @@ class Publisher:
     def _produce(self, doc: dict[str, Any], password_ref: str | None, generation: int,
                  transition: str, detail: str, now: int) -> None:
         """The DocumentSubmitted record and its lifecycle event (in the open transaction)."""
+        doc = {**doc, "generation": generation}
         submitted: dict[str, Any] = {"doc": doc, "submitted_by": self.submitted_by,
                                      "password_ref": password_ref,
                                      "media_type": "application/pdf",

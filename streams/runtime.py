@@ -53,6 +53,13 @@ log = logging.getLogger("docstreams.runtime")
 STAGE_INDEX = {"submit": 0, "parse": 1, "extract": 2, "validate": 3, "route": 4, "sink": 5}
 
 
+def seq_of(generation: int, stage: str, attempt: int) -> int:
+    """A transition's place in a document's life, unique per (doc, generation, stage,
+    attempt): read models upsert events by (subject, seq). A retry generation g starts at
+    g * 1000 (its ``resubmitted`` event), stages count in hundreds, attempts in ones."""
+    return generation * 1000 + STAGE_INDEX[stage] * 100 + attempt
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -481,7 +488,7 @@ class StageRunner:
         if item.schema == "Undecodable":
             doc: dict[str, Any] = {"doc_id": item.key or f"{item.topic}:{item.partition}:{item.offset}",
                    "job_id": "", "source": "", "sha256": "", "blob_ref": "", "size_bytes": 0,
-                   "submitted_at_ms": 0}
+                   "submitted_at_ms": 0, "generation": 0}
         else:
             doc = item.doc
         attempts = [*item.attempts, self._attempt_record(item, dead.reason, dead.message)]
@@ -500,7 +507,8 @@ class StageRunner:
         doc = doc or item.doc
         value = records.encode("LifecycleEvent", {
             "event_id": uuid.uuid4().hex, "subject": doc["doc_id"], "job_id": doc["job_id"],
-            "seq": STAGE_INDEX[self.stage.name] * 100 + item.attempt, "stage": self.stage.name,
+            "seq": seq_of(doc.get("generation", 0), self.stage.name, item.attempt),
+            "stage": self.stage.name,
             "transition": transition, "detail": detail[:2000], "source": doc.get("source"),
             "worker": self.worker_id, "at_ms": now_ms(),
             "pipeline_version": self.settings.pipeline_version,

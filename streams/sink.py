@@ -28,18 +28,21 @@ CREATE TABLE IF NOT EXISTS decisions (
     fields TEXT NOT NULL,
     first_written_at_ms INTEGER NOT NULL,
     last_written_at_ms INTEGER NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (doc_id, sha256, pipeline_version)
 )
 """
 
 _UPSERT = """
 INSERT INTO decisions (doc_id, sha256, pipeline_version, job_id, source, outcome, doc_type,
-                       reasons, fields, first_written_at_ms, last_written_at_ms)
+                       reasons, fields, first_written_at_ms, last_written_at_ms, generation)
 VALUES (:doc_id, :sha256, :pipeline_version, :job_id, :source, :outcome, :doc_type,
-        :reasons, :fields, :at, :at)
+        :reasons, :fields, :at, :at, :generation)
 ON CONFLICT (doc_id, sha256, pipeline_version) DO UPDATE SET
     outcome = excluded.outcome, doc_type = excluded.doc_type, reasons = excluded.reasons,
-    fields = excluded.fields, last_written_at_ms = excluded.last_written_at_ms
+    fields = excluded.fields, last_written_at_ms = excluded.last_written_at_ms,
+    generation = excluded.generation
+WHERE excluded.generation >= decisions.generation
 """
 
 
@@ -61,6 +64,10 @@ class DecisionsSink:
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(decisions)")}
+        if "generation" not in columns:  # a table written by Docstreams before retries
+            self._db.execute("ALTER TABLE decisions ADD COLUMN generation INTEGER NOT NULL "
+                             "DEFAULT 0")
         self._db.commit()
 
     def upsert(self, result: dict[str, Any], at_ms: int) -> None:
@@ -70,6 +77,7 @@ class DecisionsSink:
             "source": result["source"], "outcome": result["outcome"],
             "doc_type": result.get("doc_type"), "reasons": json.dumps(result["reasons"]),
             "fields": json.dumps(result["fields"], sort_keys=True), "at": at_ms,
+            "generation": result.get("generation", 0),
         }
         with self._lock:
             self._db.execute(_UPSERT, row)
@@ -91,6 +99,13 @@ def write_output(out_dir: Path, result: dict[str, Any]) -> Path:
     folder = out_dir / safe_name(result["job_id"])
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{result['doc_id']}.json"
+    if path.exists():
+        try:
+            written = json.loads(path.read_text()).get("generation", 0)
+        except (OSError, ValueError):
+            written = 0
+        if written > result.get("generation", 0):  # a replay of an older generation
+            return path
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
     os.replace(tmp, path)

@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     fields JSONB NOT NULL,
     first_written_at_ms BIGINT NOT NULL,
     last_written_at_ms BIGINT NOT NULL,
+    generation INT NOT NULL DEFAULT 0,
     PRIMARY KEY (doc_id, sha256, pipeline_version)
 )
 """
@@ -48,12 +49,14 @@ _DDL_LOCK = 0x646F6373  # "docs"
 
 _UPSERT = """
 INSERT INTO decisions (doc_id, sha256, pipeline_version, job_id, source, outcome, doc_type,
-                       reasons, fields, first_written_at_ms, last_written_at_ms)
+                       reasons, fields, first_written_at_ms, last_written_at_ms, generation)
 VALUES (%(doc_id)s, %(sha256)s, %(pipeline_version)s, %(job_id)s, %(source)s, %(outcome)s,
-        %(doc_type)s, %(reasons)s, %(fields)s, %(at)s, %(at)s)
+        %(doc_type)s, %(reasons)s, %(fields)s, %(at)s, %(at)s, %(generation)s)
 ON CONFLICT (doc_id, sha256, pipeline_version) DO UPDATE SET
     outcome = excluded.outcome, doc_type = excluded.doc_type, reasons = excluded.reasons,
-    fields = excluded.fields, last_written_at_ms = excluded.last_written_at_ms
+    fields = excluded.fields, last_written_at_ms = excluded.last_written_at_ms,
+    generation = excluded.generation
+WHERE excluded.generation >= decisions.generation
 """
 
 
@@ -85,6 +88,9 @@ class PostgresDecisionsSink:
         with self._conn.transaction(), self._conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
             cur.execute(_SCHEMA)
+            # A table written by Docstreams before retry generations existed.
+            cur.execute("ALTER TABLE decisions ADD COLUMN IF NOT EXISTS generation INT "
+                        "NOT NULL DEFAULT 0")
             cur.execute(_INDEX)
 
     def _connect(self) -> Any:
@@ -126,6 +132,7 @@ class PostgresDecisionsSink:
             "source": result["source"], "outcome": result["outcome"],
             "doc_type": result.get("doc_type"), "reasons": Jsonb(result["reasons"]),
             "fields": Jsonb(result["fields"]), "at": at_ms,
+            "generation": result.get("generation", 0),
         })
 
     def rows(self, job_id: str | None = None) -> list[dict[str, Any]]:

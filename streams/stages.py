@@ -238,7 +238,8 @@ def result_of(schema: str, record: dict[str, Any], pipeline_version: str) -> dic
         schema = "RoutingDecision"
     doc = record["doc"]
     base = {"doc_id": doc["doc_id"], "job_id": doc["job_id"], "source": doc["source"],
-            "sha256": doc["sha256"], "pipeline_version": pipeline_version}
+            "sha256": doc["sha256"], "pipeline_version": pipeline_version,
+            "generation": doc.get("generation", 0)}
     if schema == "DeadLetter":
         return {**base, "pages": record["page_count"], "doc_type": None, "fields": {},
                 "outcome": "dead_letter", "reasons": [f"{record['reason']}: {record['message']}"],

@@ -34,6 +34,9 @@ class JobView:
     executions: Counter[str] = field(default_factory=Counter)
     outcome: dict[str, str] = field(default_factory=dict)  # doc_id -> terminal outcome
     dead_at: dict[str, str] = field(default_factory=dict)  # doc_id -> stage that dead-lettered
+    completions: Counter[str] = field(default_factory=Counter)  # committed finishes per stage
+    resubmissions: int = 0
+    generation: dict[str, int] = field(default_factory=dict)  # doc_id -> newest generation
     first_at_ms: int | None = None
     last_at_ms: int | None = None
 
@@ -57,8 +60,12 @@ class JobView:
             "complete": documents > 0 and all(d in self.outcome for d in self.submitted),
             "outcomes": {k: outcomes.get(k, 0) for k in ("decided", "review", "dead_letter")},
             "stages": stages,
-            "redone": {s: v["executions"] - v["done"] for s, v in stages.items()
-                       if v["executions"] > v["done"]},
+            # Work started more often than it committed a finish: crashes, aborts, retries
+            # of transient failures. A deliberate `dlq retry` finishes again, so it is not
+            # counted here.
+            "redone": {s: self.executions[s] - self.completions[s] for s in PIPELINE
+                       if self.executions[s] > self.completions[s]},
+            "resubmissions": self.resubmissions,
             "paused": paused or [],
             "first_event_at_ms": self.first_at_ms,
             "last_event_at_ms": self.last_at_ms,
@@ -89,13 +96,28 @@ class JobTracker:
         doc, stage, transition = rec["subject"], rec["stage"], rec["transition"]
         if transition == "submitted":
             view.submitted.setdefault(doc, rec.get("source") or "")
+        elif transition == "resubmitted":
+            # A new generation starts: its earlier terminal outcome no longer stands. The
+            # same generation re-published (a racing retry) is ignored by parse, and here.
+            generation = rec["seq"] // 1000
+            if generation <= view.generation.get(doc, 0):
+                return
+            view.generation[doc] = generation
+            view.resubmissions += 1
+            view.outcome.pop(doc, None)
+            view.dead_at.pop(doc, None)
+            for stage_done in view.done.values():
+                stage_done.discard(doc)
         elif stage in PIPELINE and transition not in _NOT_DONE:
+            if transition != "duplicate_ignored":
+                view.completions[stage] += 1
+            if rec["seq"] // 1000 < view.generation.get(doc, 0):
+                return  # an older generation's transition, committed after the retry began
             view.done[stage].add(doc)
             if transition == "dead_lettered":
                 view.dead_at[doc] = stage
             if stage == "sink" and transition == "recorded":
                 view.outcome[doc] = rec["detail"]
-
 
 class Follower:
     """Reads the events and executions topics from the beginning and keeps up."""

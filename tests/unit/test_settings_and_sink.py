@@ -68,3 +68,34 @@ def test_collect_walks_folders_and_skips_hidden_files(tmp_path: Path):
     single.write_bytes(b"c")
     got = [src for _, src in collect([tmp_path / "box", single])]
     assert got == ["box/a.pdf", "box/sub/b.pdf", "c.pdf"]
+
+
+def test_an_older_generation_never_overwrites_a_newer_one(tmp_path: Path):
+    """A replay of the sink re-applies old terminal records: the newest generation stands."""
+    sink = DecisionsSink(tmp_path / "d.sqlite")
+    sink.upsert({**_result("decided"), "generation": 1}, 2)
+    sink.upsert({**_result("dead_letter"), "generation": 0}, 3)
+    assert sink.rows()[0]["outcome"] == "decided"
+    sink.upsert({**_result("review"), "generation": 1}, 4)
+    assert sink.rows()[0]["outcome"] == "review"
+    sink.close()
+    write_output(tmp_path / "out", {**_result("decided"), "generation": 1})
+    path = write_output(tmp_path / "out", {**_result("dead_letter"), "generation": 0})
+    import json
+    assert json.loads(path.read_text())["outcome"] == "decided"
+
+
+def test_a_sink_table_from_before_generations_is_migrated(tmp_path: Path):
+    import sqlite3
+    db = sqlite3.connect(tmp_path / "old.sqlite")
+    db.execute("CREATE TABLE decisions (doc_id TEXT NOT NULL, sha256 TEXT NOT NULL, "
+               "pipeline_version TEXT NOT NULL, job_id TEXT NOT NULL, source TEXT NOT NULL, "
+               "outcome TEXT NOT NULL, doc_type TEXT, reasons TEXT NOT NULL, fields TEXT NOT NULL, "
+               "first_written_at_ms INTEGER NOT NULL, last_written_at_ms INTEGER NOT NULL, "
+               "PRIMARY KEY (doc_id, sha256, pipeline_version))")
+    db.commit()
+    db.close()
+    sink = DecisionsSink(tmp_path / "old.sqlite")
+    sink.upsert(_result(), 1)
+    assert sink.rows()[0]["generation"] == 0
+    sink.close()

@@ -3,21 +3,23 @@
 from streams.status import JobTracker
 
 
-def _event(doc, stage, transition, detail="", job="j", at=1):
+def _event(doc, stage, transition, detail="", job="j", at=1, generation=0):
     return {"subject": doc, "job_id": job, "stage": stage, "transition": transition,
-            "detail": detail, "at_ms": at, "source": f"{doc}.pdf"}
+            "detail": detail, "at_ms": at, "source": f"{doc}.pdf", "seq": generation * 1000}
 
 
-def _walk(tracker, doc, outcome="decided", dead_at=None):
+def _walk(tracker, doc, outcome="decided", dead_at=None, generation=0):
     tracker.add("LifecycleEvent", _event(doc, "submit", "submitted"))
     for stage in ("parse", "extract", "validate", "route"):
         tracker.add("Execution", {"job_id": "j", "stage": stage})
         if stage == dead_at:
-            tracker.add("LifecycleEvent", _event(doc, stage, "dead_lettered"))
+            tracker.add("LifecycleEvent", _event(doc, stage, "dead_lettered",
+                                                 generation=generation))
             break
-        tracker.add("LifecycleEvent", _event(doc, stage, "done"))
+        tracker.add("LifecycleEvent", _event(doc, stage, "done", generation=generation))
     tracker.add("Execution", {"job_id": "j", "stage": "sink"})
-    tracker.add("LifecycleEvent", _event(doc, "sink", "recorded", outcome))
+    tracker.add("LifecycleEvent", _event(doc, "sink", "recorded", outcome,
+                                         generation=generation))
 
 
 def test_complete_job_counts_outcomes_and_expected_per_stage():
@@ -58,3 +60,21 @@ def test_duplicate_events_do_not_double_count_and_jobs_stay_apart():
     assert t.view("j").snapshot()["complete"]
     assert not t.view("other").snapshot()["complete"]
     assert t.view("empty").snapshot()["complete"] is False
+
+
+def test_a_dlq_retry_reopens_the_document_and_is_not_redone_work():
+    t = JobTracker()
+    _walk(t, "a", "dead_letter", dead_at="parse")
+    assert t.view("j").snapshot()["complete"]
+    t.add("LifecycleEvent", {**_event("a", "submit", "resubmitted"), "seq": 1000})
+    t.add("LifecycleEvent", {**_event("a", "submit", "resubmitted"), "seq": 1000})  # a race
+    snap = t.view("j").snapshot()
+    assert not snap["complete"] and snap["outcomes"]["dead_letter"] == 0
+    assert snap["stages"]["extract"]["expected"] == 1
+    t.add("LifecycleEvent", _event("a", "sink", "recorded", "dead_letter"))  # late, old gen
+    assert not t.view("j").snapshot()["complete"]
+    _walk(t, "a", "decided", generation=1)
+    snap = t.view("j").snapshot()
+    assert snap["complete"] and snap["outcomes"] == {"decided": 1, "review": 0,
+                                                     "dead_letter": 0}
+    assert snap["redone"] == {} and snap["resubmissions"] == 1
