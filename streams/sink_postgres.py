@@ -138,7 +138,8 @@ class PostgresDecisionsSink:
     def rows(self, job_id: str | None = None) -> list[dict[str, Any]]:
         """Rows as the SQLite sink returns them (reasons and fields as JSON text)."""
         cols = ("doc_id", "sha256", "pipeline_version", "job_id", "source", "outcome",
-                "doc_type", "reasons", "fields", "first_written_at_ms", "last_written_at_ms")
+                "doc_type", "reasons", "fields", "first_written_at_ms", "last_written_at_ms",
+                "generation")
         query = f"SELECT {', '.join(cols)} FROM decisions" + (" WHERE job_id = %s" if job_id
                                                                else "")
         out = []
