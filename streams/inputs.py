@@ -19,6 +19,8 @@ from typing import Any
 
 from streams import records
 
+StoreKey = tuple[str, int]  # (logical input topic, partition)
+
 RETRY_PREFIX = "retry/"
 PARK_PREFIX = "park/"
 
@@ -36,6 +38,11 @@ class InputRecord:
     value: bytes
     attempts: list[dict[str, Any]] = field(default_factory=list)
     state_key: str | None = None  # the retry or park entry this came back from
+
+    @property
+    def store(self) -> StoreKey:
+        """The state store this record belongs to: its input topic-partition."""
+        return (self.topic, self.partition)
 
     @property
     def doc(self) -> dict[str, Any]:
@@ -85,11 +92,11 @@ def stash(item: InputRecord, attempts: list[dict[str, Any]]) -> bytes:
     }).encode()
 
 
-def unstash(state_key: str, raw: bytes, partition: int) -> InputRecord:
+def unstash(state_key: str, raw: bytes, store: StoreKey) -> InputRecord:
     entry = json.loads(raw)
     value = base64.b64decode(entry["value"])
     schema, record = records.decode(value)
-    return InputRecord(entry["topic"], partition, entry["offset"], entry["key"], schema,
+    return InputRecord(store[0], store[1], entry["offset"], entry["key"], schema,
                        record, value, entry["attempts"], state_key)
 
 

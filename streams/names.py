@@ -53,5 +53,15 @@ def transactional_id(prefix: str, stage: str, worker_id: str) -> str:
     return f"{prefix}docstreams.{stage}.{worker_id}"
 
 
-def changelog_topic(prefix: str, stage: str) -> str:
-    return f"{prefix}docstreams.{stage}.state-changelog"
+def changelog_topic(prefix: str, stage: str, source: str) -> str:
+    """The changelog of ``stage``'s state for input topic ``source`` (logical name).
+
+    State is owned per input topic-partition: a stage that reads two topics gets their
+    partitions assigned independently (cooperative-sticky does not co-partition), so
+    one store per partition *number* could have two owners."""
+    return f"{prefix}docstreams.{stage}.{source}.state-changelog"
+
+
+def changelogs(prefix: str) -> set[str]:
+    return {changelog_topic(prefix, stage, source)
+            for stage, sources in STAGE_INPUTS.items() for source in sources}

@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 
 from streams import inputs, names, records
 from streams.control import ControlView
-from streams.inputs import InputRecord, doc_of
+from streams.inputs import InputRecord, StoreKey, doc_of
 from streams.kafka import (
     consumer_config,
     high_watermark,
@@ -68,13 +68,13 @@ class Stage(Protocol):
     name: str
 
     def process_batch(
-        self, items: list[InputRecord], states: Mapping[int, StatePort]
+        self, items: list[InputRecord], states: Mapping[StoreKey, StatePort]
     ) -> list[StageResult]: ...
 
 
 def process_each(
     items: list[InputRecord],
-    states: Mapping[int, StatePort],
+    states: Mapping[StoreKey, StatePort],
     process: Callable[[InputRecord, StatePort], StageResult],
 ) -> list[StageResult]:
     """Default batch handling: one document at a time; an unexpected error in stage code
@@ -82,7 +82,7 @@ def process_each(
     results = []
     for item in items:
         try:
-            results.append(process(item, states[item.partition]))
+            results.append(process(item, states[item.store]))
         except Exception as exc:  # noqa: BLE001 - a bug in one document's handling
             log.exception("stage error on %s", item.key)
             results.append(StageResult(Retry("stage_error", f"{type(exc).__name__}: {exc}")))
@@ -113,8 +113,7 @@ class StageRunner:
         self.worker_id = worker_id
         self.prefix = settings.topic_prefix
         self.inputs = [names.topic(self.prefix, t) for t in names.STAGE_INPUTS[stage.name]]
-        self.changelog = names.changelog_topic(self.prefix, stage.name)
-        self.stores: dict[int, PartitionStore] = {}
+        self.stores: dict[StoreKey, PartitionStore] = {}
         self.on_commit = on_commit
         self.gate = PauseGate(stage.name, control)
         self.stop_event = threading.Event()
@@ -176,47 +175,55 @@ class StageRunner:
 
     # -- assignment and state restore ------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for p in {tp.partition for tp in partitions}:
-            if p not in self.stores:
-                self.stores[p] = self._restore(p)
+        for tp in partitions:
+            key = (tp.topic[len(self.prefix):], tp.partition)
+            if key not in self.stores:
+                self.stores[key] = self._restore(key)
         consumer.incremental_assign(partitions)
         if self.gate.stage_paused:
             # A consumer's pause flag dies with the assignment: re-apply it to every
             # partition that arrives, before a single fetch.
             consumer.pause(partitions)
-        log.info("%s assigned %s%s", self.stage.name, sorted(tp.partition for tp in partitions),
+        log.info("%s assigned %s%s", self.stage.name,
+                 sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions),
                  " (paused)" if self.gate.stage_paused else "")
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        still = {tp.partition for tp in consumer.assignment()} - {tp.partition for tp in partitions}
-        for p in list(self.stores):
-            if p not in still:
-                self.stores.pop(p).close()
+        for tp in partitions:
+            store = self.stores.pop((tp.topic[len(self.prefix):], tp.partition), None)
+            if store is not None:
+                store.close()
 
-    def _restore(self, partition: int) -> PartitionStore:
-        """Open the partition's store and catch it up with the changelog (committed
-        records only), from the offset it had applied before."""
-        path = self.settings.state_dir / self.worker_id / self.stage.name / f"p{partition}"
+    def _changelog(self, source: str) -> str:
+        return names.changelog_topic(self.prefix, self.stage.name, source)
+
+    def _restore(self, key: StoreKey) -> PartitionStore:
+        """Open the store of one input topic-partition and catch it up with its changelog
+        (committed records only), from the offset it had applied before."""
+        source, partition = key
+        changelog = self._changelog(source)
+        path = (self.settings.state_dir / self.worker_id / self.stage.name / source
+                / f"p{partition}")
         store = PartitionStore(path)
         consumer = reader(self.settings, self.bootstrap)
         try:
-            high = high_watermark(consumer, TopicPartition(self.changelog, partition))
+            high = high_watermark(consumer, TopicPartition(changelog, partition))
             start = store.checkpoint
             if start > high:  # the topic was recreated: start over
                 store.close()
                 PartitionStore.destroy(path)
                 store, start = PartitionStore(path), 0
-            consumer.assign([TopicPartition(self.changelog, partition, start)])
+            consumer.assign([TopicPartition(changelog, partition, start)])
             deadline = time.monotonic() + 60
             position = start
             while position < high:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"restore of {self.changelog}[{partition}] stuck at "
+                    raise TimeoutError(f"restore of {changelog}[{partition}] stuck at "
                                        f"{position} < {high}")
                 msg = consumer.poll(0.5)
                 if msg is not None and not msg.error():
                     store.apply({(msg.key() or b"").decode(): msg.value()})
-                pos = consumer.position([TopicPartition(self.changelog, partition)])[0].offset
+                pos = consumer.position([TopicPartition(changelog, partition)])[0].offset
                 position = max(position, pos)
             store.checkpoint = high
         finally:
@@ -235,7 +242,7 @@ class StageRunner:
             m for m in self.consumer.consume(self.settings.batch_max_docs, timeout=0.2)
             if not self._is_error(m)
         ]
-        batches = {p: Batch(store) for p, store in self.stores.items()}
+        batches = {key: Batch(store) for key, store in self.stores.items()}
         pending = _Pending()
         items = self._park([self._decode(m) for m in messages], batches, pending)
         items += self._waiting(inputs.PARK_PREFIX, self.settings.batch_max_docs - len(items),
@@ -253,7 +260,7 @@ class StageRunner:
             if not any(where(u)[:2] == key and where(u)[2] <= offset for u in unprocessed):
                 pending.offsets[key] = max(pending.offsets.get(key, 0), offset + 1)
         for item, result in zip(items, results, strict=False):
-            self._route(item, result, batches[item.partition], pending)
+            self._route(item, result, batches[item.store], pending)
         if unprocessed:
             self._rewind(unprocessed)
         if self.gate.abort_requested(version):
@@ -337,7 +344,7 @@ class StageRunner:
         self.exec_producer.flush(30)
         self.gate.acked_all(entries)
 
-    def _process(self, items: list[InputRecord], batches: dict[int, Batch],
+    def _process(self, items: list[InputRecord], batches: dict[StoreKey, Batch],
                  version: int) -> list[StageResult]:
         """Run the stage over the batch in chunks; return results for a prefix of it.
 
@@ -356,7 +363,7 @@ class StageRunner:
             chunk = items[start:start + size]
             done: dict[int, StageResult] = {}
             for i, item in enumerate(chunk):
-                why = already_done(item, batches[item.partition]) if already_done else None
+                why = already_done(item, batches[item.store]) if already_done else None
                 if why:
                     done[i] = StageResult(Note("duplicate_ignored", why))
             work = [item for i, item in enumerate(chunk) if i not in done]
@@ -451,31 +458,32 @@ class StageRunner:
         state.put(inputs.retry_key(now_ms() + int(delay * 1000), item.key),
                   inputs.stash(item, attempts))
 
-    def _waiting(self, prefix: str, room: int, batches: dict[int, Batch]) -> list[InputRecord]:
+    def _waiting(self, prefix: str, room: int,
+                 batches: dict[StoreKey, Batch]) -> list[InputRecord]:
         """Retries that are due, or parked records of jobs no longer paused, oldest first;
         their entries are deleted in the transaction that finishes them."""
         out: list[InputRecord] = []
         limit = inputs.retry_key(now_ms(), "~")
         paused = self.gate.paused_jobs
-        for partition in batches:
+        for store_key in batches:
             # The committed store, not the batch: a record parked in this very batch
             # waits for the next one, behind those parked before it.
-            for key, raw in self.stores[partition].scan(prefix):
+            for key, raw in self.stores[store_key].scan(prefix):
                 if len(out) >= room or (prefix == inputs.RETRY_PREFIX and key > limit):
                     break
                 if inputs.stashed_job(raw) in paused:
                     continue
-                out.append(inputs.unstash(key, raw, partition))
+                out.append(inputs.unstash(key, raw, store_key))
         return out
 
-    def _park(self, items: list[InputRecord], batches: dict[int, Batch],
+    def _park(self, items: list[InputRecord], batches: dict[StoreKey, Batch],
               pending: _Pending) -> list[InputRecord]:
         """Set aside the records of paused jobs (and of jobs whose parked records have not
         all come back yet, to keep their order); return the rest."""
         keep = []
         for item in items:
             job = item.job_id
-            batch = batches[item.partition]
+            batch = batches[item.store]
             waiting = job is not None and next(batch.scan(inputs.park_prefix(job)), None)
             if job is not None and (job in self.gate.paused_jobs or waiting):
                 batch.put(inputs.park_key(item), inputs.stash(item, item.attempts))
@@ -516,7 +524,7 @@ class StageRunner:
         pending.produce.append((names.EVENTS, doc["doc_id"], value))
 
     # -- the one commit function -------------------------------------------------------
-    def _commit(self, pending: _Pending, batches: dict[int, Batch],
+    def _commit(self, pending: _Pending, batches: dict[StoreKey, Batch],
                 messages: list[Message]) -> bool:
         """Produce outputs, produce changelog, send offsets, commit — in that order.
         Return whether it committed (on failure, the input has been rewound)."""
@@ -526,9 +534,9 @@ class StageRunner:
             producer.begin_transaction()
             for topic, key, value in pending.produce:
                 producer.produce(names.topic(self.prefix, topic), key=key.encode(), value=value)
-            for partition, batch in batches.items():
+            for (source, partition), batch in batches.items():
                 for key, change in batch.changes.items():
-                    producer.produce(self.changelog, key=key.encode(), value=change,
+                    producer.produce(self._changelog(source), key=key.encode(), value=change,
                                      partition=partition)
             self._fault("after_produce")
             if pending.offsets:
@@ -541,9 +549,9 @@ class StageRunner:
             self._recover(exc, messages)
             return False
         self._fault("after_commit")  # committed, not yet applied to RocksDB
-        for partition, batch in batches.items():
-            if batch.changes and partition in self.stores:
-                self.stores[partition].apply(batch.changes)
+        for store_key, batch in batches.items():
+            if batch.changes and store_key in self.stores:
+                self.stores[store_key].apply(batch.changes)
         self.commits += 1
         if self.on_commit is not None:
             self.on_commit(self.stage.name, len(messages))

@@ -15,6 +15,7 @@ from typing import Any
 from streams import extract, fields, route, validate
 from streams.blobs import BlobStore
 from streams.errors import DocstreamsError
+from streams.inputs import StoreKey
 from streams.outcomes import DeadLetter, Emit, Note, Retry, StageResult
 from streams.parse import PARSER_VERSION, ParseFailure
 from streams.parse_pool import ParsePool, ParseRequest
@@ -103,12 +104,12 @@ class ParseStage:
         return ParseRequest(data=data, expected_sha256=doc["sha256"], password=password)
 
     def process_batch(self, items: list[InputRecord],
-                      states: Mapping[int, StatePort]) -> list[StageResult]:
+                      states: Mapping[StoreKey, StatePort]) -> list[StageResult]:
         results: list[StageResult | None] = []
         requests: list[tuple[int, ParseRequest]] = []
         for i, item in enumerate(items):
             try:
-                first = self._first_look(item, states[item.partition])
+                first = self._first_look(item, states[item.store])
             except DocstreamsError as exc:
                 first = StageResult(Retry(exc.reason, str(exc)) if exc.retryable
                                     else DeadLetter(exc.reason, str(exc), type(exc).__name__))
@@ -144,7 +145,7 @@ class ExtractStage:
         self.blobs, self.extractor = blobs, extractor
 
     def process_batch(self, items: list[InputRecord],
-                      states: Mapping[int, StatePort]) -> list[StageResult]:
+                      states: Mapping[StoreKey, StatePort]) -> list[StageResult]:
         return process_each(items, states, self.process)
 
     def process(self, item: InputRecord, state: StatePort) -> StageResult:
@@ -180,7 +181,7 @@ class ValidateStage:
     name = "validate"
 
     def process_batch(self, items: list[InputRecord],
-                      states: Mapping[int, StatePort]) -> list[StageResult]:
+                      states: Mapping[StoreKey, StatePort]) -> list[StageResult]:
         return process_each(items, states, self.process)
 
     def process(self, item: InputRecord, state: StatePort) -> StageResult:
@@ -202,7 +203,7 @@ class RouteStage:
         self.settings = settings
 
     def process_batch(self, items: list[InputRecord],
-                      states: Mapping[int, StatePort]) -> list[StageResult]:
+                      states: Mapping[StoreKey, StatePort]) -> list[StageResult]:
         return process_each(items, states, self.process)
 
     def process(self, item: InputRecord, state: StatePort) -> StageResult:
@@ -261,7 +262,7 @@ class SinkStage:
         self.settings, self.sink = settings, sink
 
     def process_batch(self, items: list[InputRecord],
-                      states: Mapping[int, StatePort]) -> list[StageResult]:
+                      states: Mapping[StoreKey, StatePort]) -> list[StageResult]:
         return process_each(items, states, self.process)
 
     def process(self, item: InputRecord, state: StatePort) -> StageResult:

@@ -31,7 +31,7 @@ log = logging.getLogger("docstreams.worker")
 
 
 def ensure_pipeline_topics(settings: Settings, bootstrap: str) -> None:
-    changelogs = {names.changelog_topic(settings.topic_prefix, s) for s in names.STAGES}
+    changelogs = names.changelogs(settings.topic_prefix)
     topics.ensure_topics(settings, bootstrap, changelogs, compacted=changelogs)
 
 

@@ -107,7 +107,7 @@ def test_failed_start_quotes_the_log_and_leaves_nothing_running(own: Settings) -
 
 def test_ensure_topics_creates_partitions_and_cleanup_policies(settings: Settings,
                                                                bootstrap: str) -> None:
-    changelog = names.changelog_topic(settings.topic_prefix, "parse")
+    changelog = names.changelog_topic(settings.topic_prefix, "parse", "docs.submitted")
     created = ensure_topics(settings, bootstrap, [changelog], compacted={changelog})
     physical = {names.topic(settings.topic_prefix, n) for n in names.ALL_TOPICS} | {changelog}
     assert set(created) == physical

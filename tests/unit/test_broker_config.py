@@ -164,7 +164,7 @@ def test_log_tail_reads_the_last_lines(tmp_path: Path) -> None:
 
 def test_topic_configs_prefix_compaction_and_retention() -> None:
     settings = Settings(home=Path("/tmp/x"), bootstrap=None, topic_prefix="t1.")
-    changelog = names.changelog_topic("t1.", "parse")
+    changelog = names.changelog_topic("t1.", "parse", "docs.submitted")
     configs = topic_configs(settings, compacted={changelog}, audit_retention_ms=-1)
     assert set(configs) == {f"t1.{n}" for n in names.ALL_TOPICS} | {changelog}
     assert configs["t1.docs.control"]["cleanup.policy"] == "compact"
