@@ -9,9 +9,15 @@ CORPUS   ?= ../shared/corpus
 JOB      ?= sample
 KAFKA_LIBS := $(HOME_DIR)/broker/libs
 PYTEST_ARGS ?=
+# make chaos: seed, documents, worker kills by the harness, broker restarts, pause cycles
+SEED     ?= 1
+DOCS     ?= 100
+KILLS    ?= 5
+BROKER_RESTARTS ?= 1
+PAUSES   ?= 3
 export DOCSTREAMS_CORPUS ?= $(abspath $(CORPUS))
 
-.PHONY: help setup run test unit integration lint typecheck clean broker-stop
+.PHONY: help setup run test unit integration chaos lint typecheck clean broker-stop
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,6 +51,10 @@ unit: $(VENV)/.installed  ## Unit tests only (no broker)
 
 integration: setup  ## Integration tests only
 	$(PY) -m pytest tests/integration -q $(PYTEST_ARGS)
+
+chaos: setup  ## kill -9 workers, restart the broker, pause/resume; check exactly once (SEED DOCS KILLS)
+	$(PY) -m tests.chaos.harness --seed $(SEED) --docs $(DOCS) --kills $(KILLS) \
+	  --broker-restarts $(BROKER_RESTARTS) --pauses $(PAUSES) --kafka-libs $(abspath $(KAFKA_LIBS))
 
 lint: $(VENV)/.installed  ## ruff
 	$(VENV)/bin/ruff check streams tests benchmarks
