@@ -65,11 +65,14 @@ def wait_for_acks(settings: Settings, bootstrap: str, command: dict[str, Any],
     consumer = reader(settings, bootstrap)
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        # End offsets first, then the offsets by time: an ack that lands in between is
+        # found by the time lookup, one that lands after it sits past the end offset.
+        ends = {p: high_watermark(consumer, TopicPartition(topic, p)) for p in meta.partitions}
         since = command["at_ms"] - 5000
         start = consumer.offsets_for_times(
             [TopicPartition(topic, p, since) for p in meta.partitions], timeout=10)
         consumer.assign([tp if tp.offset >= 0 else TopicPartition(topic, tp.partition,
-                                                                   high_watermark(consumer, tp))
+                                                                   ends[tp.partition])
                          for tp in start])
         next_members = 0.0
         while time.monotonic() - started < timeout:
