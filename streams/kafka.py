@@ -7,12 +7,16 @@ stop the world, read_committed everywhere a pipeline topic is read.
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from streams.settings import Settings
+
+T = TypeVar("T")
 
 
 def consumer_config(settings: Settings, bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
@@ -92,3 +96,38 @@ def high_watermark(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0
 
 _LEADER_CODES = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
                  KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT}
+
+
+class ClientStuck(RuntimeError):
+    """A client call did not return by its deadline.
+
+    librdkafka's ``send_offsets_to_transaction`` and ``commit_transaction`` have been
+    seen blocking far past their own timeout after a broker restart
+    (confluentinc/librdkafka#5456, #5511). The caller abandons that client: a new
+    producer with the same transactional id fences it, and whatever it had open is
+    either committed or aborted by the coordinator, never both."""
+
+
+def within(seconds: float, what: str, call: Callable[[], T]) -> T:
+    """Run a blocking client call in a helper thread and wait at most ``seconds``.
+
+    The call itself cannot be cancelled; on expiry the helper thread is left to finish
+    on its own (the client releases the GIL while it blocks) and :class:`ClientStuck`
+    is raised, so the caller can drop the client and rebuild."""
+    box: dict[str, Any] = {}
+    finished = threading.Event()
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = exc
+        finally:
+            finished.set()
+
+    threading.Thread(target=run, name=f"within:{what}", daemon=True).start()
+    if not finished.wait(seconds):
+        raise ClientStuck(f"{what} still blocked after {seconds:.0f}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

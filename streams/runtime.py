@@ -33,6 +33,7 @@ from streams import inputs, names, records
 from streams.control import ControlView
 from streams.inputs import InputRecord, StoreKey, doc_of
 from streams.kafka import (
+    ClientStuck,
     consumer_config,
     high_watermark,
     idempotent_producer,
@@ -40,6 +41,7 @@ from streams.kafka import (
     reader,
     transactional_producer,
     where,
+    within,
 )
 from streams.outcomes import DeadLetter, Emit, Note, Retry, StageResult
 from streams.pausing import PauseGate
@@ -51,6 +53,10 @@ __all__ = ["InputRecord", "Stage", "StageRunner", "doc_of", "process_each"]
 log = logging.getLogger("docstreams.runtime")
 
 STAGE_INDEX = {"submit": 0, "parse": 1, "extract": 2, "validate": 3, "route": 4, "sink": 5}
+
+
+# How often an idle runner compares its positions with its committed offsets.
+POSITION_CHECK_S = 5.0
 
 
 def seq_of(generation: int, stage: str, attempt: int) -> int:
@@ -122,6 +128,12 @@ class StageRunner:
         self.consumer: Consumer | None = None
         self.producer: Producer | None = None
         self.exec_producer: Producer | None = None
+        self.last_loop_at = time.monotonic()
+        self.failures = 0
+        self.position_fixes = 0
+        self._next_position_check = 0.0
+        # (topic, partition) -> (committed offset re-read from, position seen before)
+        self._reread: dict[tuple[str, int], tuple[int, int]] = {}
 
     # -- lifecycle ------------------------------------------------------------------
     def _connect(self) -> None:
@@ -151,6 +163,7 @@ class StageRunner:
                     self.run_once()
                     backoff = 1.0
             except Exception:  # noqa: BLE001
+                self.failures += 1
                 log.exception("%s runner failed; reconnecting in %.0fs", self.stage.name, backoff)
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -159,6 +172,24 @@ class StageRunner:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def describe(self) -> dict[str, Any]:
+        """What this runner is doing, for diagnostics (safe from another thread): its
+        pause flag, commit counters, how long since its loop last turned, and the
+        position of every partition it owns."""
+        out: dict[str, Any] = {
+            "stage": self.stage.name, "worker": self.worker_id,
+            "stage_paused": self.gate.stage_paused, "paused_jobs": sorted(self.gate.paused_jobs),
+            "commits": self.commits, "aborts": self.aborts, "failures": self.failures,
+            "position_fixes": self.position_fixes,
+            "loop_idle_s": round(time.monotonic() - self.last_loop_at, 1),
+        }
+        consumer = self.consumer
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                out["positions"] = {f"{tp.topic[len(self.prefix):]}[{tp.partition}]": tp.offset
+                                    for tp in consumer.position(consumer.assignment())}
+        return out
 
     def _close(self) -> None:
         if self.consumer is not None:
@@ -190,6 +221,7 @@ class StageRunner:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
+            self._reread.pop((tp.topic, tp.partition), None)
             store = self.stores.pop((tp.topic[len(self.prefix):], tp.partition), None)
             if store is not None:
                 store.close()
@@ -233,6 +265,7 @@ class StageRunner:
     # -- the loop ----------------------------------------------------------------------
     def run_once(self) -> None:
         assert self.consumer is not None
+        self.last_loop_at = time.monotonic()
         self._converge()
         if self.gate.stage_paused:
             self._hold()
@@ -242,6 +275,8 @@ class StageRunner:
             m for m in self.consumer.consume(self.settings.batch_max_docs, timeout=0.2)
             if not self._is_error(m)
         ]
+        if self._reread and messages:
+            self._note_reread(messages)
         batches = {key: Batch(store) for key, store in self.stores.items()}
         pending = _Pending()
         items = self._park([self._decode(m) for m in messages], batches, pending)
@@ -250,6 +285,8 @@ class StageRunner:
         items += self._waiting(inputs.RETRY_PREFIX, self.settings.batch_max_docs - len(items),
                                batches)
         if not items and not pending.produce:
+            if not messages:
+                self._check_positions()
             return
         self._fault("before_process")
         results = self._process(items, batches, version) if items else []
@@ -312,6 +349,49 @@ class StageRunner:
         for tp in self.consumer.committed(assignment, timeout=30):
             if tp.offset >= 0:
                 self.consumer.seek(tp)
+
+    def _check_positions(self) -> None:
+        """Defence in depth against client bugs around seek, pause and resume (several
+        are on record) that move a position past records the runner never got.
+
+        When a runner is idle, each partition's position should be its committed offset,
+        or past it only by transaction markers (which advance the position but are never
+        delivered). The two cannot be told apart from offsets, so an idle partition whose
+        position is past its committed offset is re-read from the committed offset, once
+        per committed offset: markers alone deliver nothing; skipped records come back,
+        are processed, and are reported (:meth:`_note_reread`). Checked at most every
+        POSITION_CHECK_S seconds, only while idle."""
+        assert self.consumer is not None
+        now = time.monotonic()
+        if now < self._next_position_check:
+            return
+        self._next_position_check = now + POSITION_CHECK_S
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return
+        committed = {(tp.topic, tp.partition): tp.offset
+                     for tp in self.consumer.committed(assignment, timeout=10)}
+        for tp in self.consumer.position(assignment):
+            key = (tp.topic, tp.partition)
+            want = committed.get(key, -1)
+            if want < 0 or tp.offset <= want or self._reread.get(key, (-1, 0))[0] == want:
+                continue
+            self._reread[key] = (want, tp.offset)
+            log.debug("%s: %s[%d] idle at %d, committed %d: re-reading from %d",
+                      self.stage.name, tp.topic, tp.partition, tp.offset, want, want)
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, want))
+
+    def _note_reread(self, messages: list[Message]) -> None:
+        """A record delivered below the position seen before a re-read was skipped by
+        the client: count it and say so (it is processed now, exactly once)."""
+        for msg in messages:
+            topic, partition, offset = where(msg)
+            check = self._reread.pop((topic, partition), None)
+            if check is not None and offset < check[1]:
+                self.position_fixes += 1
+                log.warning("%s: %s[%d] had moved to %d past records the runner never got "
+                            "(a client position bug); re-read from the committed offset %d",
+                            self.stage.name, topic, partition, check[1], check[0])
 
     def _hold(self) -> None:
         """While paused, keep polling (group membership, rebalance callbacks); a record
@@ -539,15 +619,27 @@ class StageRunner:
                     producer.produce(self._changelog(source), key=key.encode(), value=change,
                                      partition=partition)
             self._fault("after_produce")
+            timeout = self.settings.txn_call_timeout_s
+            deadline = timeout + self.settings.txn_call_grace_s
             if pending.offsets:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in pending.offsets.items()]
-                producer.send_offsets_to_transaction(
-                    offsets, self.consumer.consumer_group_metadata(), 30)
+                metadata = self.consumer.consumer_group_metadata()
+                within(deadline, "send_offsets_to_transaction",
+                       lambda: producer.send_offsets_to_transaction(offsets, metadata, timeout))
             self._fault("before_commit")
-            self._commit_transaction(producer)
+            within(deadline, "commit_transaction", lambda: self._commit_transaction(producer))
         except KafkaException as exc:
             self._recover(exc, messages)
             return False
+        except ClientStuck:
+            # Whether this transaction commits is now up to the coordinator; the local
+            # stores cannot know. Drop every client and store: run() reconnects, the new
+            # producer fences this one, and the stores are restored from the changelog
+            # (committed records only) before any input is read again.
+            log.error("%s: transactional producer stuck; rebuilding the clients and "
+                      "restoring state from the changelog", self.stage.name)
+            self.producer = None
+            raise
         self._fault("after_commit")  # committed, not yet applied to RocksDB
         for store_key, batch in batches.items():
             if batch.changes and store_key in self.stores:
@@ -560,7 +652,7 @@ class StageRunner:
     def _commit_transaction(self, producer: Producer) -> None:
         while True:
             try:
-                producer.commit_transaction(30)
+                producer.commit_transaction(self.settings.txn_call_timeout_s)
                 return
             except KafkaException as exc:
                 err = kafka_error(exc)
@@ -574,10 +666,15 @@ class StageRunner:
         err = kafka_error(exc)
         log.warning("%s transaction failed (%s); rewinding", self.stage.name, exc)
         if err is not None and err.txn_requires_abort():
+            producer = self.producer
+            assert producer is not None
             try:
-                assert self.producer is not None
-                self.producer.abort_transaction(30)
-            except KafkaException:
+                within(self.settings.txn_call_timeout_s + self.settings.txn_call_grace_s,
+                       "abort_transaction",
+                       lambda: producer.abort_transaction(self.settings.txn_call_timeout_s))
+            except (KafkaException, ClientStuck):
+                # Nothing of this transaction was committed: the new producer's
+                # init_transactions fences the old one and aborts what it had open.
                 self._rebuild_producer()
         else:
             self._rebuild_producer()

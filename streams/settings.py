@@ -77,6 +77,10 @@ class Settings:
     batch_max_docs: int = 20
     batch_max_seconds: float = 5.0
     transaction_timeout_ms: int = 60_000
+    # librdkafka timeout of each transactional call, and the watchdog on top of it: a
+    # call still blocked txn_call_timeout_s + txn_call_grace_s later is declared stuck.
+    txn_call_timeout_s: float = 30.0
+    txn_call_grace_s: float = 15.0
     parse_workers: int = 2
     parse_timeout_s: float = 30.0
     parse_memory_mb: int = 2048
@@ -104,6 +108,8 @@ class Settings:
             batch_max_docs=_int(env, "DOCSTREAMS_BATCH_MAX_DOCS", 20, minimum=1),
             batch_max_seconds=_float(env, "DOCSTREAMS_BATCH_MAX_SECONDS", 5.0, minimum=0.1),
             transaction_timeout_ms=_int(env, "DOCSTREAMS_TRANSACTION_TIMEOUT_MS", 60_000, 1000),
+            txn_call_timeout_s=_float(env, "DOCSTREAMS_TXN_CALL_TIMEOUT_S", 30.0, minimum=1.0),
+            txn_call_grace_s=_float(env, "DOCSTREAMS_TXN_CALL_GRACE_S", 15.0, minimum=1.0),
             parse_workers=_int(env, "DOCSTREAMS_PARSE_WORKERS", 2, minimum=1),
             parse_timeout_s=_float(env, "DOCSTREAMS_PARSE_TIMEOUT_S", 30.0, minimum=0.1),
             parse_memory_mb=_int(env, "DOCSTREAMS_PARSE_MEMORY_MB", 2048, minimum=384),

@@ -13,6 +13,7 @@ import fcntl
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from streams import names, topics
 from streams.blobs import BlobStore
@@ -110,6 +111,11 @@ class Worker:
             self.sink.close()
         if getattr(self, "_lock", None) is not None:
             self._lock.close()
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each stage runner's state (see :meth:`StageRunner.describe`), for diagnostics."""
+        return [{**runner.describe(), "thread_alive": thread.is_alive()}
+                for runner, thread in zip(self.runners, self.threads, strict=True)]
 
     def alive(self) -> bool:
         return all(t.is_alive() for t in self.threads)

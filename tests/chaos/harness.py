@@ -473,6 +473,9 @@ def parse_args(argv: list[str] | None) -> Options:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (a CI timeout, say) unwinds like Ctrl-C: the workers and the broker this
+    # harness started are stopped in Chaos.close, never left running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     chaos = Chaos(parse_args(argv))
     ok = False
     try:

@@ -17,6 +17,7 @@ import pytest
 
 from streams import broker
 from streams.settings import Settings
+from tests.integration.pipeline import own_broker_home
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -53,3 +54,13 @@ def settings(bootstrap: str, tmp_path: Path) -> Settings:
     base = Settings.from_env(os.environ, home=home)
     return base.replace(home=home, bootstrap=bootstrap,
                         topic_prefix=f"t{uuid.uuid4().hex[:8]}.")
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path, local_broker_settings: Settings) -> Iterator[Settings]:
+    """A broker home of this test's own, stopped at the end (start it with broker.start)."""
+    own = own_broker_home(tmp_path / "own-broker", local_broker_settings)
+    try:
+        yield own
+    finally:
+        broker.stop(own)

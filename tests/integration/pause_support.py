@@ -11,8 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,9 @@ from streams.kafka import high_watermark, reader
 from streams.publish import Publisher
 from streams.settings import Settings
 from streams.status import JobTracker
-from streams.worker import Worker, ensure_pipeline_topics
+from streams.worker import ensure_pipeline_topics
 from tests.corpus import corpus_file
+from tests.integration.pipeline import describe_workers, running_worker  # noqa: F401 - re-exported
 
 REPO = Path(__file__).resolve().parents[2]
 # Small real documents (a few pages each): 200 copies run through in seconds, so a
@@ -52,8 +52,9 @@ def publish_copies(settings: Settings, bootstrap: str, job: str, count: int, *,
     each is a document of its own; return their doc ids in publishing order."""
     ensure_pipeline_topics(settings, bootstrap)
     blobs = [(rel.rsplit("/", 1)[-1], corpus_file(rel).read_bytes()) for rel in files]
-    items = [(blobs[i % len(blobs)][1], f"copy{i}/{blobs[i % len(blobs)][0]}", None)
-             for i in range(first, first + count)]
+    items: list[tuple[bytes, str, str | None]] = [
+        (blobs[i % len(blobs)][1], f"copy{i}/{blobs[i % len(blobs)][0]}", None)
+        for i in range(first, first + count)]
     with Publisher(settings, bootstrap) as pub:
         return [p.doc_id for p in pub.publish_many(items, job_id=job)]
 
@@ -86,7 +87,7 @@ class Audit:
             for msg in batch:
                 if msg.error():
                     continue
-                schema, rec = records.decode(msg.value())
+                schema, rec = records.decode(msg.value() or b"")
                 self.tracker.add(schema, rec)
                 if schema == "Execution":
                     self.executions.append((msg.partition(), rec))
@@ -123,7 +124,19 @@ class Audit:
             snap = self.snapshot(job)
             if until(snap):
                 return snap
-        raise AssertionError(f"{what} not reached for job {job} in {timeout}s: {snap}")
+        raise AssertionError(f"{what} not reached for job {job} in {timeout}s: {snap}; "
+                             f"records still waiting per stage: {self.stuck()}; "
+                             f"in-process runners: {describe_workers()}")
+
+    def stuck(self) -> dict[str, dict[str, int]]:
+        """Diagnostics for a failed wait: committed records at or past each stage group's
+        committed offset, per input partition (empty when every stage has caught up)."""
+        try:
+            left = waiting(self.settings, self.bootstrap, names.STAGES)
+        except Exception as exc:  # noqa: BLE001 - best effort, for the failure message
+            return {"error": {repr(exc): 0}}
+        return {stage: {f"{t}[{p}]": n for (t, p), n in counts.items()}
+                for stage, counts in left.items() if counts}
 
     def wait_complete(self, job: str, documents: int, timeout: float = 240.0) -> dict[str, Any]:
         return self.wait(job, lambda s: s["documents"] >= documents and s["complete"],
@@ -321,7 +334,7 @@ def read_located(settings: Settings, bootstrap: str, logical: str, timeout: floa
         while True:
             for msg in consumer.consume(1000, timeout=0.3):
                 if not msg.error():
-                    schema, rec = records.decode(msg.value())
+                    schema, rec = records.decode(msg.value() or b"")
                     out.append((msg.partition(), msg.offset(), msg.key().decode(), schema, rec))
             positions = consumer.position([TopicPartition(topic, p) for p in high])
             if all(tp.offset >= high[tp.partition] or high[tp.partition] == 0
@@ -369,19 +382,6 @@ def assert_parse_order_kept(settings: Settings, bootstrap: str, audit: Audit, jo
 
 
 # -- workers ------------------------------------------------------------------------
-@contextmanager
-def running_worker(settings: Settings, bootstrap: str, worker_id: str, *,
-                   stop_timeout: float = 30.0) -> Iterator[Worker]:
-    """An in-process worker (like pipeline.running_worker), whose stop waits at most
-    ``stop_timeout`` per stage thread: a test that finds a runner stuck fails quickly."""
-    worker = Worker(settings, bootstrap, worker_id)
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop(stop_timeout)
-
-
 def worker_env(settings: Settings, bootstrap: str) -> dict[str, str]:
     env = dict(os.environ)
     for var in ("DOCSTREAMS_FAULT_AT", "DOCSTREAMS_ALLOW_FAULT_INJECTION"):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from streams import names, records
+from streams import broker, names, records
 from streams.kafka import high_watermark, reader
 from streams.settings import _KAFKA_PASSTHROUGH, Settings
 from streams.status import Follower
@@ -27,14 +28,28 @@ from streams.worker import Worker
 REPO = Path(__file__).resolve().parents[2]
 
 
+# In-process workers now running: a test that fails waiting shows what each runner does.
+LIVE_WORKERS: list[Worker] = []
+
+
 @contextmanager
-def running_worker(settings: Settings, bootstrap: str, worker_id: str = "t1"):
+def running_worker(settings: Settings, bootstrap: str, worker_id: str = "t1", *,
+                   stop_timeout: float = 30.0) -> Iterator[Worker]:
+    """An in-process worker; its stop waits at most ``stop_timeout`` per stage thread,
+    so a test that finds a runner stuck fails quickly."""
     worker = Worker(settings, bootstrap, worker_id)
     worker.start()
+    LIVE_WORKERS.append(worker)
     try:
         yield worker
     finally:
-        worker.stop()
+        LIVE_WORKERS.remove(worker)
+        worker.stop(stop_timeout)
+
+
+def describe_workers() -> list[dict[str, Any]]:
+    """Every in-process worker's runners (for the message of a failed wait)."""
+    return [runner for worker in LIVE_WORKERS for runner in worker.describe()]
 
 
 def wait_for_job(settings: Settings, bootstrap: str, job: str, documents: int,
@@ -263,3 +278,16 @@ def exactly_once(settings: Settings, bootstrap: str, doc_ids: set[str],
                     for logical in INTERMEDIATE_TOPICS}
     return ExactlyOnce(set(doc_ids), terminal, intermediate,
                        sink_row_counts(settings.sink_path, job), dead_at)
+
+
+def own_broker_home(home: Path, local_broker_settings: Settings) -> Settings:
+    """Settings for a broker of a test's own under ``home`` (tests that restart the broker
+    cannot share the session's), on the cached jars. Java and the jars are required even
+    when the session uses DOCSTREAMS_BOOTSTRAP: a missing one fails the test, it is never
+    skipped."""
+    broker.find_java()
+    broker.ensure_jars(local_broker_settings)
+    (home / "broker").mkdir(parents=True)
+    (home / "broker" / "libs").symlink_to(local_broker_settings.home / "broker" / "libs")
+    return Settings(home=home, bootstrap=None)
+

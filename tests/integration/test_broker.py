@@ -15,23 +15,16 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from streams import broker, names
-from streams.errors import ConfigError, DocstreamsError
+from streams.errors import DocstreamsError
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from tests.integration.pipeline import own_broker_home
 
 
 @pytest.fixture(scope="module")
 def own(tmp_path_factory: pytest.TempPathFactory,
         local_broker_settings: Settings) -> Iterator[Settings]:
-    try:  # needs Java and the jars even when the session uses DOCSTREAMS_BOOTSTRAP
-        broker.find_java()
-        broker.ensure_jars(local_broker_settings)
-    except ConfigError as exc:
-        pytest.skip(str(exc))
-    home = tmp_path_factory.mktemp("own-broker")
-    (home / "broker").mkdir()
-    (home / "broker" / "libs").symlink_to(local_broker_settings.home / "broker" / "libs")
-    settings = Settings(home=home, bootstrap=None)
+    settings = own_broker_home(tmp_path_factory.mktemp("own-broker"), local_broker_settings)
     yield settings
     broker.stop(settings)
 

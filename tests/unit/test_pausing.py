@@ -113,7 +113,8 @@ def test_latest_entry_of_a_scope_wins_like_a_compacted_topic() -> None:
 def test_resumed_stage_with_all_still_paused_stays_paused() -> None:
     d = desired(entry("stage:route", at_ms=1), entry("all", at_ms=2),
                 entry("stage:route", RESUMED, at_ms=3))
-    assert d.stage_pause("route") is not None and d.stage_pause("route")["scope"] == "all"
+    pause = d.stage_pause("route")
+    assert pause is not None and pause["scope"] == "all"
 
 
 def test_applies_to_every_stage_for_all_and_job_but_one_stage_for_stage() -> None:
