@@ -79,19 +79,29 @@ def kafka_error(exc: BaseException) -> KafkaError | None:
     return None
 
 
-def high_watermark(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> int:
-    """The partition's high watermark, retrying while a new topic's leader is elected
-    (NOT_LEADER_FOR_PARTITION and friends are retriable, and common right after creation)."""
+def watermarks(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> tuple[int, int]:
+    """The partition's (low, high) watermarks, retrying while a new topic's leader is
+    elected (NOT_LEADER_FOR_PARTITION and friends are retriable, and common right after
+    creation)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return int(consumer.get_watermark_offsets(tp, timeout=10)[1])
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            return int(low), int(high)
         except KafkaException as exc:
             err = kafka_error(exc)
             retriable = err is not None and (err.retriable() or err.code() in _LEADER_CODES)
             if not retriable or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def high_watermark(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> int:
+    return watermarks(consumer, tp, timeout)[1]
+
+
+def low_watermark(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0) -> int:
+    return watermarks(consumer, tp, timeout)[0]
 
 
 _LEADER_CODES = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,

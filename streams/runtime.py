@@ -27,7 +27,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from streams import inputs, names, records
 from streams.control import ControlView
@@ -38,6 +46,7 @@ from streams.kafka import (
     high_watermark,
     idempotent_producer,
     kafka_error,
+    low_watermark,
     reader,
     transactional_producer,
     where,
@@ -103,6 +112,12 @@ class _Pending:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
+def _discard(producer: Producer) -> None:
+    with contextlib.suppress(Exception):
+        producer.flush(1)
+    del producer
+
+
 class StageRunner:
     def __init__(
         self,
@@ -132,6 +147,12 @@ class StageRunner:
         self.failures = 0
         self.position_fixes = 0
         self._next_position_check = 0.0
+        # Written by the runner thread only (at each idle position check), read by
+        # describe(): a client call from another thread can block behind the runner's.
+        self.last_positions: dict[str, int] = {}
+        # Set when the consumer lost its connection to a broker (see _on_client_error).
+        self._broker_lost = False
+        self.producer_refreshes = 0
         # (topic, partition) -> (committed offset re-read from, position seen before)
         self._reread: dict[tuple[str, int], tuple[int, int]] = {}
 
@@ -145,7 +166,8 @@ class StageRunner:
         self.consumer = Consumer(consumer_config(
             self.settings, self.bootstrap, names.group_id(self.prefix, self.stage.name),
             **{"group.instance.id": f"{self.stage.name}.{self.worker_id}",
-               "client.id": f"docstreams.{self.stage.name}.{self.worker_id}"},
+               "client.id": f"docstreams.{self.stage.name}.{self.worker_id}",
+               "error_cb": self._on_client_error},
         ))
         self.consumer.subscribe(
             self.inputs, on_assign=self._on_assign, on_revoke=self._on_revoke,
@@ -170,26 +192,50 @@ class StageRunner:
             finally:
                 self._close()
 
+    def _on_client_error(self, err: KafkaError) -> None:
+        """Consumer error callback (served inside consume(), on the runner thread).
+
+        A lost broker connection is noted so that the next transaction starts on a new
+        transactional producer: librdkafka's producer can keep a stale coordinator
+        after a broker restart and block in send_offsets_to_transaction far past its
+        timeout (confluentinc/librdkafka#5511). The consumer is polled even while
+        paused, so an outage during a pause is seen too."""
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            if not self._broker_lost:
+                log.info("%s: broker connection lost (%s); the next transaction starts "
+                         "on a new producer", self.stage.name, err.str())
+            self._broker_lost = True
+        else:
+            log.warning("%s consumer: %s", self.stage.name, err.str())
+
+    def _refresh_producer(self) -> None:
+        """Swap in a new transactional producer between transactions (nothing is open,
+        so nothing is lost). The old one is destroyed on a helper thread, since destroying
+        a client whose broker went away can block."""
+        old = self.producer
+        self._rebuild_producer()
+        self._broker_lost = False
+        self.producer_refreshes += 1
+        if old is not None:
+            threading.Thread(target=_discard, args=(old,), name="discard-producer",
+                             daemon=True).start()
+
     def stop(self) -> None:
         self.stop_event.set()
 
     def describe(self) -> dict[str, Any]:
-        """What this runner is doing, for diagnostics (safe from another thread): its
-        pause flag, commit counters, how long since its loop last turned, and the
-        position of every partition it owns."""
-        out: dict[str, Any] = {
+        """What this runner is doing, for diagnostics (safe from another thread: it only
+        reads what the runner thread wrote, never calls the clients): its pause flag,
+        commit counters, how long since its loop last turned, and the positions it saw
+        at its last idle check."""
+        return {
             "stage": self.stage.name, "worker": self.worker_id,
             "stage_paused": self.gate.stage_paused, "paused_jobs": sorted(self.gate.paused_jobs),
             "commits": self.commits, "aborts": self.aborts, "failures": self.failures,
-            "position_fixes": self.position_fixes,
+            "position_fixes": self.position_fixes, "producer_refreshes": self.producer_refreshes,
             "loop_idle_s": round(time.monotonic() - self.last_loop_at, 1),
+            "positions": dict(self.last_positions),
         }
-        consumer = self.consumer
-        if consumer is not None:
-            with contextlib.suppress(Exception):
-                out["positions"] = {f"{tp.topic[len(self.prefix):]}[{tp.partition}]": tp.offset
-                                    for tp in consumer.position(consumer.assignment())}
-        return out
 
     def _close(self) -> None:
         if self.consumer is not None:
@@ -347,8 +393,10 @@ class StageRunner:
         if not assignment:
             return
         for tp in self.consumer.committed(assignment, timeout=30):
-            if tp.offset >= 0:
-                self.consumer.seek(tp)
+            # No commit yet: from the start of the log, as a new owner would read it
+            # (auto.offset.reset=earliest), not from where this client last stood.
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
 
     def _check_positions(self) -> None:
         """Defence in depth against client bugs around seek, pause and resume (several
@@ -371,10 +419,16 @@ class StageRunner:
             return
         committed = {(tp.topic, tp.partition): tp.offset
                      for tp in self.consumer.committed(assignment, timeout=10)}
-        for tp in self.consumer.position(assignment):
+        positions = self.consumer.position(assignment)
+        self.last_positions = {f"{tp.topic[len(self.prefix):]}[{tp.partition}]": tp.offset
+                               for tp in positions}
+        for tp in positions:
             key = (tp.topic, tp.partition)
             want = committed.get(key, -1)
-            if want < 0 or tp.offset <= want or self._reread.get(key, (-1, 0))[0] == want:
+            if want < 0 <= tp.offset:
+                # Nothing committed yet: the partition should still stand at its start.
+                want = low_watermark(self.consumer, TopicPartition(tp.topic, tp.partition))
+            if tp.offset < 0 or tp.offset <= want or self._reread.get(key, (-1, 0))[0] == want:
                 continue
             self._reread[key] = (want, tp.offset)
             log.debug("%s: %s[%d] idle at %d, committed %d: re-reading from %d",
@@ -491,6 +545,12 @@ class StageRunner:
         which aborts or crashes is still counted (redone work becomes visible)."""
         assert self.exec_producer is not None
         topic = names.topic(self.prefix, names.EXECUTIONS)
+        failed: list[str] = []
+
+        def delivered(err: Any, _msg: Message) -> None:
+            if err is not None:
+                failed.append(str(err))
+
         for item in items:
             if item.schema == "Undecodable":
                 continue
@@ -499,10 +559,14 @@ class StageRunner:
                 "doc_id": doc["doc_id"], "job_id": doc["job_id"], "stage": self.stage.name,
                 "attempt": item.attempt, "worker": self.worker_id, "at_ms": now_ms(),
             })
-            self.exec_producer.produce(topic, key=doc["doc_id"].encode(), value=value)
+            self.exec_producer.produce(topic, key=doc["doc_id"].encode(), value=value,
+                                       on_delivery=delivered)
+        # flush() returning 0 only says the queue is empty: a record that failed (say,
+        # timed out while the broker was down) is gone from it too; the callback tells.
         remaining = self.exec_producer.flush(30)
-        if remaining:
-            raise KafkaException(f"{remaining} execution records not delivered")
+        if remaining or failed:
+            raise KafkaException(f"{remaining} execution records still queued, "
+                                 f"{len(failed)} failed ({'; '.join(failed[:3])})")
 
     # -- outcomes -> records -----------------------------------------------------------
     def _route(self, item: InputRecord, result: StageResult, state: Batch,
@@ -608,9 +672,12 @@ class StageRunner:
                 messages: list[Message]) -> bool:
         """Produce outputs, produce changelog, send offsets, commit — in that order.
         Return whether it committed (on failure, the input has been rewound)."""
-        assert self.producer is not None and self.consumer is not None
-        producer = self.producer
+        assert self.consumer is not None
         try:
+            if self._broker_lost:
+                self._refresh_producer()
+            assert self.producer is not None
+            producer = self.producer
             producer.begin_transaction()
             for topic, key, value in pending.produce:
                 producer.produce(names.topic(self.prefix, topic), key=key.encode(), value=value)
