@@ -112,6 +112,9 @@ def _heading(layout: Layout, rows: int = 12) -> str:
 def _unreadable(parsed: dict, layout: Layout) -> str | None:
     pages = parsed.get("pages") or []
     if parsed.get("needs_ocr") or layout.word_count == 0:
+        if pages and not any(p.get("image_count") or p.get("error") for p in pages):
+            # Nothing to OCR either: blank pages, not a scan.
+            return f"blank: no text and no images on any of {len(pages)} page(s)"
         return f"no text layer on any of {len(pages)} page(s)"
     chars = sum(len(w) for w in layout.text.split())
     if chars < _THIN_TEXT_CHARS and pages and all(p.get("image_count", 0) > 0 for p in pages):

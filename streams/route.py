@@ -30,6 +30,9 @@ class RouteDecision:
 def _no_text_layer(extraction: dict) -> str:
     detail = next((s[len(_UNREADABLE_SIGNAL):].strip() for s in extraction.get("signals", [])
                    if isinstance(s, str) and s.startswith(_UNREADABLE_SIGNAL)), "")
+    if detail.startswith("blank:"):
+        return ("blank_document: the document has nothing to read"
+                f" ({detail[len('blank:'):].strip()}); check that the right file was sent")
     detail = f" ({detail})" if detail else ""
     return ("no_text_layer: the document is scanned or image-only" + detail
             + "; reading it needs OCR, which this pipeline does not run")

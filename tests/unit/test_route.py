@@ -145,6 +145,16 @@ def test_unreadable_reason_carries_the_extractors_detail() -> None:
     assert reason.startswith("no_text_layer: ") and "only 6 characters" in reason
 
 
+@needs_corpus
+@pytest.mark.parametrize("name", ["bad/empty_camelot_blank_page.pdf",
+                                  "bad/enc_pdfjs_empty_protected_ownerpw_only.pdf"])
+def test_blank_pages_are_not_called_scans(name: str) -> None:
+    _, decision = routed(name)
+    assert decision.outcome == "dead_letter"
+    assert codes(decision) == ["blank_document"]
+    assert "OCR" not in decision.reasons[0] and "no images" in decision.reasons[0]
+
+
 def test_unread_pages_send_a_confident_document_to_review() -> None:
     doc = extraction(total_amount=field(1.0, 0.99))
     doc["signals"] = ["unread_pages: 3-4"]
