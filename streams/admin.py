@@ -12,11 +12,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient, ConsumerGroupDescription
 
 from streams import names, records
-from streams.kafka import high_watermark, reader
+from streams.kafka import high_watermark, reader, where
 from streams.settings import Settings
 
 
@@ -95,12 +95,19 @@ def wait_for_acks(settings: Settings, bootstrap: str, command: dict[str, Any],
 
 
 def stage_lag(settings: Settings, bootstrap: str, stages: Iterable[str]) -> dict[str, int]:
-    """Records waiting per stage: input end offsets minus the group's committed offsets."""
+    """Records waiting per stage, past the group's committed offsets.
+
+    End offset minus committed offset overcounts: every transaction leaves a commit
+    marker that takes an offset and is never delivered (a caught-up partition shows 1).
+    So the records are counted by reading them (read_committed) where the gap is small,
+    and the gap is used as an upper bound only where it is large (COUNT_UP_TO)."""
     admin = AdminClient(settings.kafka_common(bootstrap))
     consumer = reader(settings, bootstrap)
-    out: dict[str, int] = {}
+    # (stage, topic, partition) -> [start, end)
+    ranges: dict[tuple[str, str, int], tuple[int, int]] = {}
     try:
         meta = consumer.list_topics(timeout=10).topics
+        stages = list(stages)
         for stage in stages:
             group = names.group_id(settings.topic_prefix, stage)
             parts = [TopicPartition(names.topic(settings.topic_prefix, t), p)
@@ -108,11 +115,56 @@ def stage_lag(settings: Settings, bootstrap: str, stages: Iterable[str]) -> dict
                      if names.topic(settings.topic_prefix, t) in meta
                      for p in meta[names.topic(settings.topic_prefix, t)].partitions]
             committed = _committed(admin, group, parts)
-            out[stage] = sum(max(0, high_watermark(consumer, tp) - committed.get(
-                (tp.topic, tp.partition), 0)) for tp in parts)
+            for tp in parts:
+                start = max(committed.get((tp.topic, tp.partition), 0), 0)
+                ranges[(stage, tp.topic, tp.partition)] = (start, high_watermark(consumer, tp))
+        counts = _count_records(consumer, ranges)
     finally:
         consumer.close()
+    out = dict.fromkeys(stages, 0)
+    for (stage, _, _), n in counts.items():
+        out[stage] += n
     return out
+
+
+COUNT_UP_TO = 5000
+
+
+def _count_records(consumer: Consumer, ranges: dict[tuple[str, str, int], tuple[int, int]],
+                   timeout: float = 10.0) -> dict[tuple[str, str, int], int]:
+    """Committed records in each [start, end), read in one pass over every partition.
+
+    A range larger than COUNT_UP_TO, or one whose read has not reached its end in time
+    (an open transaction holds read_committed readers back), counts as its offset gap."""
+    counts = {key: 0 for key in ranges}
+    starts: dict[tuple[str, int], int] = {}
+    ends: dict[tuple[str, int], int] = {}
+    for (_, topic, partition), (start, end) in ranges.items():
+        if 0 < end - start <= COUNT_UP_TO:
+            key = (topic, partition)
+            starts[key] = min(starts.get(key, start), start)
+            ends[key] = max(ends.get(key, end), end)
+    left = set(starts)
+    seen: dict[tuple[str, int], list[int]] = {key: [] for key in starts}
+    if starts:
+        consumer.assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
+        deadline = time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            for msg in consumer.consume(500, timeout=0.1):
+                if not msg.error():
+                    topic, partition, offset = where(msg)
+                    seen[(topic, partition)].append(offset)
+            for pos in consumer.position([TopicPartition(t, p) for t, p in left]):
+                if pos.offset >= ends[(pos.topic, pos.partition)]:
+                    left.discard((pos.topic, pos.partition))
+        consumer.unassign()
+    for (stage, topic, partition), (start, end) in ranges.items():
+        where_ = (topic, partition)
+        if where_ in starts and where_ not in left:
+            counts[(stage, topic, partition)] = sum(1 for o in seen[where_] if start <= o < end)
+        else:
+            counts[(stage, topic, partition)] = max(0, end - start)
+    return counts
 
 
 def _committed(admin: AdminClient, group: str, parts: list[TopicPartition]
@@ -135,6 +187,9 @@ def read_control(settings: Settings, bootstrap: str) -> dict[str, Any]:
 
     view = ControlView(settings, bootstrap)
     try:
+        if not view.exists():
+            # A cluster no job or command has used yet: nothing is paused.
+            return {"paused": [], "entries": {}, "acks": []}
         desired = view.load_to_end()
     finally:
         view.close()
@@ -158,6 +213,9 @@ def read_control(settings: Settings, bootstrap: str) -> dict[str, Any]:
                     break
     finally:
         consumer.close()
+    live = live_members(settings, bootstrap, names.STAGES) if acks else set()
+    for key, ack in acks.items():
+        ack["live"] = key in live  # the last word of a worker that has since left, if False
     return {"paused": desired.paused(), "entries": desired.entries,
             "acks": sorted(acks.values(), key=lambda a: (a["stage"], a["worker"]))}
 

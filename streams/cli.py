@@ -45,7 +45,11 @@ def _bootstrap_starting(settings: Settings) -> str:
 
 
 def _fail(exc: DocstreamsError) -> None:
-    console.print(f"[red]error:[/] {exc}")
+    if "--json" in sys.argv[1:]:
+        # A script asked for JSON: give it JSON on failure too.
+        click.echo(json.dumps({"error": str(exc), "reason": exc.reason}))
+    else:
+        console.print(f"[red]error:[/] {exc}")
     sys.exit(1)
 
 
@@ -129,12 +133,17 @@ def run(paths: tuple[Path, ...], job_id: str | None, passwords: Path | None, wor
 
 def _print_status(snap: dict[str, Any]) -> None:
     o = snap["outcomes"]
+    if snap["documents"] == 0:
+        console.print(f"[bold]job {snap['job']}[/]: no documents submitted yet")
+        return
     console.print(f"[bold]job {snap['job']}[/]: {snap['documents']} documents, "
                   f"{'complete' if snap['complete'] else 'in progress'} — "
                   f"decided {o['decided']}, review {o['review']}, dead letter {o['dead_letter']}")
     table = Table("stage", "done", "executions", "redone")
     for stage, st in snap["stages"].items():
-        redone = st["executions"] - st["done"]
+        # Work done twice (crashes, aborts); a resubmission from `dlq retry` is a new
+        # generation of the document, counted in executions but not as redone.
+        redone = snap.get("redone", {}).get(stage, 0)
         table.add_row(stage, str(st["done"]), str(st["executions"]),
                       f"[yellow]{redone}[/]" if redone > 0 else "0")
     console.print(table)
@@ -150,10 +159,11 @@ def _print_control(paused: list[dict[str, Any]], acks: list[dict[str, Any]]) -> 
         if p.get("warning"):
             console.print(f"  [red]warning:[/] {p['warning']}")
     if acks:
-        table = Table("stage", "worker", "last command", "state", "acked at")
+        table = Table("stage", "worker", "live", "last command", "state", "acked at")
         for a in acks:
             at = dt.datetime.fromtimestamp(a["at_ms"] / 1000, dt.UTC).isoformat(timespec="seconds")
-            table.add_row(a["stage"], a["worker"], a["scope"], a["state"], at)
+            table.add_row(a["stage"], a["worker"], "yes" if a.get("live") else "[dim]gone[/]",
+                          a["scope"], a["state"], at)
         console.print(table)
 
 
@@ -218,9 +228,11 @@ def _set_and_wait(scope: str, state: str, reason: str, mode: str, wait: bool, ti
                   as_json: bool) -> None:
     from streams import admin
     from streams.control import ControlClient
+    from streams.worker import ensure_pipeline_topics
 
     settings = _settings()
     bootstrap = local_broker.resolve_bootstrap(settings, start=False)
+    ensure_pipeline_topics(settings, bootstrap)  # a command may come before any job
     entry = ControlClient(settings, bootstrap).set_state(scope, state, reason=reason, mode=mode)
     out: dict[str, Any] = {"command": entry}
     if wait:
@@ -260,6 +272,22 @@ def _set_and_wait(scope: str, state: str, reason: str, mode: str, wait: bool, ti
         sys.exit(3)
 
 
+def _refuse_unknown_job(job: str) -> None:
+    """A pause of a job nobody submitted to is most often a typo that leaves the real
+    job running: refuse it, naming the jobs there are."""
+    from streams.status import job_status
+
+    settings = _settings()
+    bootstrap = local_broker.resolve_bootstrap(settings, start=False)
+    known = [snap["job"] for snap in job_status(settings, bootstrap, None)
+             if snap["documents"] > 0]
+    if job not in known:
+        raise DocstreamsError(
+            f"no documents were ever submitted to job {job!r} on {bootstrap}; known jobs: "
+            f"{', '.join(sorted(known)) or 'none'}. To pause it before it starts, add --force",
+            reason="not_found")
+
+
 @main.command()
 @_scope_options
 @click.option("--reason", default="", help="Why: recorded with who and when.")
@@ -267,9 +295,12 @@ def _set_and_wait(scope: str, state: str, reason: str, mode: str, wait: bool, ti
               "resume) instead of letting it finish and commit.")
 @click.option("--wait", is_flag=True, help="Return once every live worker has acknowledged.")
 @click.option("--timeout", default=60.0, show_default=True, help="Seconds to --wait.")
+@click.option("--force", is_flag=True, help="Pause a --job no document was submitted to "
+              "yet (it will come up paused); without it, an unknown job is refused as a "
+              "likely typo.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def pause(all_: bool, stage: str | None, job: str | None, reason: str, now: bool, wait: bool,
-          timeout: float, as_json: bool) -> None:
+          timeout: float, force: bool, as_json: bool) -> None:
     """Pause everything, one stage, or one job: durably, from any terminal.
 
     The pause is desired state on the compacted control topic, so it holds across worker
@@ -280,7 +311,10 @@ def pause(all_: bool, stage: str | None, job: str | None, reason: str, now: bool
     """
     from streams.control import PAUSED, scope_key
 
-    _set_and_wait(scope_key(all_, stage, job), PAUSED, reason, "now" if now else "drain", wait,
+    scope = scope_key(all_, stage, job)
+    if job is not None and not force:
+        _refuse_unknown_job(job)
+    _set_and_wait(scope, PAUSED, reason, "now" if now else "drain", wait,
                   timeout, as_json)
 
 

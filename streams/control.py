@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from streams import names, records
 from streams.errors import DocstreamsError
@@ -99,6 +99,15 @@ class ControlView:
         with self._lock:
             self._desired = self._desired.with_entry(entry)
 
+    def exists(self) -> bool:
+        """Whether the control topic exists (a broker error raises, as in load_to_end)."""
+        try:
+            topics = self._consumer.list_topics(timeout=10).topics
+        except KafkaException as exc:
+            raise DocstreamsError(f"cannot read {self.topic}: {exc}",
+                                  reason="control_unavailable", retryable=True) from exc
+        return self.topic in topics
+
     def load_to_end(self, timeout: float = 30.0) -> Desired:
         """Read the control topic to its end; raise if that cannot be done (fail closed)."""
         meta = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
@@ -163,5 +172,10 @@ class ControlClient:
                               value=records.encode("ControlState", entry))
         self.producer.produce(names.topic(prefix, names.EVENTS), key=f"control:{scope}".encode(),
                               value=records.encode("LifecycleEvent", event))
-        self.producer.commit_transaction(30)
+        try:
+            self.producer.commit_transaction(30)
+        except KafkaException as exc:
+            raise DocstreamsError(f"could not write {state} {scope} to {names.CONTROL}: {exc}; "
+                                  "nothing was changed", reason="control_unavailable",
+                                  retryable=True) from exc
         return entry

@@ -9,6 +9,7 @@ committed state: nothing committed is redone.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -35,6 +36,20 @@ from streams.status import PIPELINE, Follower
 from streams.worker import ensure_pipeline_topics
 
 
+def worker_id_in_use(settings: Settings, worker_id: str) -> bool:
+    """Whether a live process holds this worker id's lock (see Worker._claim_id)."""
+    lock = settings.state_dir / worker_id / ".worker.lock"
+    if not lock.exists():
+        return False
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
+
+
 @dataclass
 class WorkerProcs:
     """The worker subprocesses of a run; a worker that dies is restarted."""
@@ -57,9 +72,22 @@ class WorkerProcs:
                 start_new_session=True,  # Ctrl-C in the terminal goes to `run`, which decides
             )
 
-    def start(self) -> None:
-        for i in range(1, self.count + 1):
-            self._spawn(f"w{i}")
+    def start(self, console: Console | None = None) -> None:
+        """Start ``count`` workers under the first free ids w1, w2, ...: an id held by a
+        worker of another `docstreams run` on this home is skipped (that worker serves
+        every job, this one's too), instead of being started twice and failing."""
+        taken, i = [], 0
+        while len(self.procs) < self.count:
+            i += 1
+            worker_id = f"w{i}"
+            if worker_id_in_use(self.settings, worker_id):
+                taken.append(worker_id)
+                continue
+            self._spawn(worker_id)
+        if taken and console is not None:
+            console.print(f"worker(s) {', '.join(taken)} already run here (another "
+                          f"`docstreams run`?) and serve this job too; starting "
+                          f"{', '.join(self.procs)}")
 
     def check(self, console: Console) -> None:
         for worker_id, proc in list(self.procs.items()):
@@ -107,7 +135,7 @@ def run_job(settings: Settings, paths: Sequence[Path], job_id: str,
         follower.catch_up()
         known = set(follower.tracker.view(job_id).submitted)
         todo = [d for d in docs if d[2] not in known]
-        procs.start()
+        procs.start(console)
         if todo:
             with Publisher(settings, bootstrap) as pub:
                 pub.publish_paths([p for p, _, _ in todo], job_id=job_id, passwords=passwords,
@@ -191,10 +219,9 @@ def _summarise(settings: Settings, snap: dict[str, Any], seconds: float,
     pages = 0
     for path in out.glob("d*.json"):
         pages += json.loads(path.read_text()).get("pages") or 0
-    # Throughput over the job's own processing time (first to last audit event), so a
-    # re-run that had nothing to do does not report a made-up rate.
-    first, last = snap["first_event_at_ms"], snap["last_event_at_ms"]
-    busy = (last - first) / 1000 if first is not None and last is not None else 0.0
+    # Throughput over the job's own active time (its audit events, less idle gaps such
+    # as a pause), so neither a pause nor a re-run with nothing to do makes up a rate.
+    busy = float(snap.get("active_s") or 0.0)
     summary = {
         **snap,
         "pages": pages,

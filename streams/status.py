@@ -24,6 +24,7 @@ from streams.settings import Settings
 PIPELINE = ("parse", "extract", "validate", "route", "sink")
 # Transitions that do not finish a stage's work on a document.
 _NOT_DONE = {"retry_scheduled", "parked"}
+IDLE_GAP_S = 30
 
 
 @dataclass
@@ -39,6 +40,20 @@ class JobView:
     generation: dict[str, int] = field(default_factory=dict)  # doc_id -> newest generation
     first_at_ms: int | None = None
     last_at_ms: int | None = None
+    # Whole seconds in which the job had an audit event: the basis of active_s.
+    event_seconds: set[int] = field(default_factory=set)
+
+    def active_s(self) -> float:
+        """Seconds the job was being worked on: first to last event, less every gap of
+        more than IDLE_GAP_S without an event of the job (a pause, no worker running, a
+        retry's backoff, a re-run days later). No single step takes that long without an
+        event: parse, the slowest, is stopped at its time limit (30 s by default)."""
+        if self.first_at_ms is None or self.last_at_ms is None:
+            return 0.0
+        seconds = sorted(self.event_seconds)
+        idle = sum(after - before - 1 for before, after in zip(seconds, seconds[1:], strict=False)
+                   if after - before > IDLE_GAP_S)
+        return round(max(0.0, (self.last_at_ms - self.first_at_ms) / 1000 - idle), 3)
 
     def _dead_before(self, stage: str) -> int:
         """Documents dead-lettered by an earlier stage never reach ``stage`` (the sink
@@ -67,6 +82,7 @@ class JobView:
                        if self.executions[s] > self.completions[s]},
             "resubmissions": self.resubmissions,
             "paused": paused or [],
+            "active_s": self.active_s(),
             "first_event_at_ms": self.first_at_ms,
             "last_event_at_ms": self.last_at_ms,
         }
@@ -93,6 +109,7 @@ class JobTracker:
         at = rec["at_ms"]
         view.first_at_ms = at if view.first_at_ms is None else min(view.first_at_ms, at)
         view.last_at_ms = at if view.last_at_ms is None else max(view.last_at_ms, at)
+        view.event_seconds.add(at // 1000)
         doc, stage, transition = rec["subject"], rec["stage"], rec["transition"]
         if transition == "submitted":
             view.submitted.setdefault(doc, rec.get("source") or "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from streams import names
+from streams import admin, names
 from streams.publish import Publisher
 from streams.sink import DecisionsSink
 from streams.worker import ensure_pipeline_topics
@@ -50,6 +50,9 @@ def test_job_runs_end_to_end_exactly_once(settings, bootstrap):
     for stage, st in snap["stages"].items():
         assert st["executions"] == st["done"], (stage, st)
     assert snap["stages"]["parse"]["done"] == n and snap["stages"]["sink"]["done"] == n
+    # Everything consumed: nothing queued, though each partition's end offset is one past
+    # its committed offset (the last transaction's commit marker).
+    assert admin.stage_lag(settings, bootstrap, names.STAGES) == dict.fromkeys(names.STAGES, 0)
 
     terminal = _terminal_records(settings, bootstrap)
     per_doc = Counter(key for key, _, _ in terminal)

@@ -1,6 +1,6 @@
 """The status fold over lifecycle events and executions (pure, no broker)."""
 
-from streams.status import JobTracker
+from streams.status import JobTracker, JobView
 
 
 def _event(doc, stage, transition, detail="", job="j", at=1, generation=0):
@@ -78,3 +78,18 @@ def test_a_dlq_retry_reopens_the_document_and_is_not_redone_work():
     assert snap["complete"] and snap["outcomes"] == {"decided": 1, "review": 0,
                                                      "dead_letter": 0}
     assert snap["redone"] == {} and snap["resubmissions"] == 1
+
+
+def test_active_time_leaves_out_idle_gaps_such_as_a_pause() -> None:
+    view = JobView("j")
+    for at_ms in (1_000, 1_500, 4_000, 5_200):  # 4.2 s of work...
+        view.first_at_ms = at_ms if view.first_at_ms is None else view.first_at_ms
+        view.last_at_ms = at_ms
+        view.event_seconds.add(at_ms // 1000)
+    assert view.active_s() == 4.2
+    for at_ms in (125_000, 126_000):  # ...then a two-minute pause, then 1 s more
+        view.last_at_ms = at_ms
+        view.event_seconds.add(at_ms // 1000)
+    # 125 s from the first to the last event, less the 119 whole seconds between second
+    # 5 and second 125 without any event
+    assert view.active_s() == 6.0
