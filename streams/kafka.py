@@ -47,12 +47,14 @@ def reader(settings: Settings, bootstrap: str, **extra: Any) -> Consumer:
     })
 
 
-def transactional_producer(settings: Settings, bootstrap: str, txn_id: str) -> Producer:
+def transactional_producer(settings: Settings, bootstrap: str, txn_id: str,
+                           **extra: Any) -> Producer:
     producer = Producer({
         **settings.kafka_common(bootstrap),
         "transactional.id": txn_id,
         "transaction.timeout.ms": settings.transaction_timeout_ms,
         "linger.ms": 5,
+        **extra,
     })
     producer.init_transactions(30)
     return producer
@@ -118,12 +120,16 @@ class ClientStuck(RuntimeError):
     either committed or aborted by the coordinator, never both."""
 
 
-def within(seconds: float, what: str, call: Callable[[], T]) -> T:
+def within(seconds: float, what: str, call: Callable[[], T],
+           give_up: Callable[[], str | None] | None = None, check_after: float = 2.0) -> T:
     """Run a blocking client call in a helper thread and wait at most ``seconds``.
 
     The call itself cannot be cancelled; on expiry the helper thread is left to finish
     on its own (the client releases the GIL while it blocks) and :class:`ClientStuck`
-    is raised, so the caller can drop the client and rebuild."""
+    is raised, so the caller can drop the client and rebuild. ``give_up``, asked every
+    half second once the call has run ``check_after`` seconds (a healthy call takes
+    milliseconds), returns a reason to stop waiting early: say, the broker went away
+    while the call was in flight, which is when the calls above hang."""
     box: dict[str, Any] = {}
     finished = threading.Event()
 
@@ -136,8 +142,15 @@ def within(seconds: float, what: str, call: Callable[[], T]) -> T:
             finished.set()
 
     threading.Thread(target=run, name=f"within:{what}", daemon=True).start()
-    if not finished.wait(seconds):
-        raise ClientStuck(f"{what} still blocked after {seconds:.0f}s")
+    started = time.monotonic()
+    deadline = started + seconds
+    while not finished.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+        now = time.monotonic()
+        if now >= deadline:
+            raise ClientStuck(f"{what} still blocked after {seconds:.0f}s")
+        why = give_up() if give_up is not None and now - started >= check_after else None
+        if why:
+            raise ClientStuck(f"{what} abandoned after {now - started:.1f}s: {why}")
     if "error" in box:
         raise box["error"]
     return box["value"]

@@ -112,6 +112,10 @@ class _Pending:
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
+class ConsumerFailed(RuntimeError):
+    """The consumer reported a fatal error: run() drops it and connects anew."""
+
+
 def _discard(producer: Producer) -> None:
     with contextlib.suppress(Exception):
         producer.flush(1)
@@ -152,16 +156,18 @@ class StageRunner:
         self.last_positions: dict[str, int] = {}
         # Set when the consumer lost its connection to a broker (see _on_client_error).
         self._broker_lost = False
+        self._producer_lost: str | None = None  # set by the producer's error callback
+        # A fatal consumer error (a static member fenced after a broker restart, say)
+        # leaves a consumer that never fetches again: the clients are rebuilt.
+        self._consumer_fatal: str | None = None
         self.producer_refreshes = 0
         # (topic, partition) -> (committed offset re-read from, position seen before)
         self._reread: dict[tuple[str, int], tuple[int, int]] = {}
 
     # -- lifecycle ------------------------------------------------------------------
     def _connect(self) -> None:
-        self.producer = transactional_producer(
-            self.settings, self.bootstrap,
-            names.transactional_id(self.prefix, self.stage.name, self.worker_id),
-        )
+        self._consumer_fatal = None
+        self._rebuild_producer()
         self.exec_producer = idempotent_producer(self.settings, self.bootstrap)
         self.consumer = Consumer(consumer_config(
             self.settings, self.bootstrap, names.group_id(self.prefix, self.stage.name),
@@ -207,6 +213,8 @@ class StageRunner:
             self._broker_lost = True
         else:
             log.warning("%s consumer: %s", self.stage.name, err.str())
+            if err.fatal() or err.code() == KafkaError._FATAL:
+                self._consumer_fatal = err.str()
 
     def _refresh_producer(self) -> None:
         """Swap in a new transactional producer between transactions (nothing is open,
@@ -239,7 +247,7 @@ class StageRunner:
 
     def _close(self) -> None:
         if self.consumer is not None:
-            with contextlib.suppress(KafkaException):
+            with contextlib.suppress(KafkaException, RuntimeError):
                 self.consumer.close()
             self.consumer = None
         for store in self.stores.values():
@@ -312,6 +320,10 @@ class StageRunner:
     def run_once(self) -> None:
         assert self.consumer is not None
         self.last_loop_at = time.monotonic()
+        if self._consumer_fatal:
+            reason, self._consumer_fatal = self._consumer_fatal, None
+            raise ConsumerFailed(f"{self.stage.name} consumer failed for good ({reason}); "
+                                 "rebuilding the clients")
         self._converge()
         if self.gate.stage_paused:
             self._hold()
@@ -417,8 +429,13 @@ class StageRunner:
         assignment = self.consumer.assignment()
         if not assignment:
             return
-        committed = {(tp.topic, tp.partition): tp.offset
-                     for tp in self.consumer.committed(assignment, timeout=10)}
+        try:
+            committed = {(tp.topic, tp.partition): tp.offset
+                         for tp in self.consumer.committed(assignment, timeout=10)}
+        except KafkaException as exc:
+            # The coordinator is away (a broker restart, say): check again next time.
+            log.info("%s: position check skipped: %s", self.stage.name, exc)
+            return
         positions = self.consumer.position(assignment)
         self.last_positions = {f"{tp.topic[len(self.prefix):]}[{tp.partition}]": tp.offset
                                for tp in positions}
@@ -524,8 +541,11 @@ class StageRunner:
         return max(1, self.settings.batch_max_docs)
 
     def _is_error(self, msg: Message) -> bool:
-        if msg.error():
-            log.warning("%s consumer: %s", self.stage.name, msg.error())
+        err = msg.error()
+        if err:
+            log.warning("%s consumer: %s", self.stage.name, err)
+            if err.fatal() or err.code() == KafkaError._FATAL:
+                self._consumer_fatal = err.str()
             return True
         return False
 
@@ -674,10 +694,13 @@ class StageRunner:
         Return whether it committed (on failure, the input has been rewound)."""
         assert self.consumer is not None
         try:
+            if self.producer is not None:
+                self.producer.poll(0)  # serve its error callback: a broker loss shows here
             if self._broker_lost:
                 self._refresh_producer()
             assert self.producer is not None
             producer = self.producer
+            self._producer_lost = None
             producer.begin_transaction()
             for topic, key, value in pending.produce:
                 producer.produce(names.topic(self.prefix, topic), key=key.encode(), value=value)
@@ -692,9 +715,11 @@ class StageRunner:
                 offsets = [TopicPartition(t, p, o) for (t, p), o in pending.offsets.items()]
                 metadata = self.consumer.consumer_group_metadata()
                 within(deadline, "send_offsets_to_transaction",
-                       lambda: producer.send_offsets_to_transaction(offsets, metadata, timeout))
+                       lambda: producer.send_offsets_to_transaction(offsets, metadata, timeout),
+                       give_up=lambda: self._lost_mid_call(producer))
             self._fault("before_commit")
-            within(deadline, "commit_transaction", lambda: self._commit_transaction(producer))
+            within(deadline, "commit_transaction", lambda: self._commit_transaction(producer),
+                   give_up=lambda: self._lost_mid_call(producer))
         except KafkaException as exc:
             self._recover(exc, messages)
             return False
@@ -748,10 +773,25 @@ class StageRunner:
         self._rewind(messages)
 
     def _rebuild_producer(self) -> None:
+        self._producer_lost = None
         self.producer = transactional_producer(
             self.settings, self.bootstrap,
             names.transactional_id(self.prefix, self.stage.name, self.worker_id),
+            error_cb=self._on_producer_error,
         )
+
+    def _on_producer_error(self, err: KafkaError) -> None:
+        """Transactional producer error callback, served by producer.poll(): from the
+        runner thread before a transaction, or from the thread waiting on a commit."""
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            self._producer_lost = err.str()
+            self._broker_lost = True
+
+    def _lost_mid_call(self, producer: Producer) -> str | None:
+        """For within(): a reason to stop waiting on a transactional call, if the
+        producer lost its broker connection since the call began."""
+        producer.poll(0)
+        return f"broker connection lost ({self._producer_lost})" if self._producer_lost else None
 
     def _rewind(self, messages: list[Message]) -> None:
         assert self.consumer is not None

@@ -37,3 +37,26 @@ def test_a_call_blocked_past_the_deadline_raises_client_stuck_and_is_left_runnin
     assert not finished.is_set()  # abandoned, not killed: the thread finishes on its own
     release.set()
     assert finished.wait(5)
+
+
+def test_give_up_stops_the_wait_early_with_its_reason() -> None:
+    release = threading.Event()
+    asked: list[float] = []
+
+    def give_up() -> str | None:
+        asked.append(time.monotonic())
+        return "broker connection lost" if len(asked) >= 2 else None
+
+    started = time.monotonic()
+    with pytest.raises(ClientStuck, match="abandoned .*broker connection lost"):
+        within(30.0, "blocked", release.wait, give_up=give_up, check_after=0.2)
+    assert time.monotonic() - started < 5.0  # long before the 30 s deadline
+    assert asked and asked[0] - started >= 0.2  # not asked before check_after
+    release.set()
+
+
+def test_give_up_is_not_asked_of_a_call_that_finishes_quickly() -> None:
+    def never() -> str | None:
+        raise AssertionError("asked too early")
+
+    assert within(5.0, "quick", lambda: 7, give_up=never) == 7
