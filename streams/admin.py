@@ -207,7 +207,11 @@ def read_control(settings: Settings, bootstrap: str) -> dict[str, Any]:
                 for msg in consumer.consume(1000, timeout=0.3):
                     if not msg.error():
                         _, ack = records.decode(msg.value() or b"", expect="ControlAck")
-                        acks[(ack["stage"], ack["worker"])] = ack
+                        # Acks are spread over partitions by command id: keep each
+                        # worker's newest, not the last one read.
+                        key = (ack["stage"], ack["worker"])
+                        if key not in acks or ack["at_ms"] >= acks[key]["at_ms"]:
+                            acks[key] = ack
                 pos = consumer.position([TopicPartition(topic, p) for p in ends])
                 if all(tp.offset >= ends[tp.partition] or ends[tp.partition] == 0 for tp in pos):
                     break

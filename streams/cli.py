@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from confluent_kafka import KafkaException
 from rich.console import Console
 from rich.table import Table
 
@@ -61,6 +62,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except DocstreamsError as exc:
             _fail(exc)
+        except KafkaException as exc:
+            # A client call that failed outright (an unreachable cluster, say): one line
+            # that says so, not a traceback.
+            bootstrap = os.environ.get("DOCSTREAMS_BOOTSTRAP") or "the local broker"
+            _fail(DocstreamsError(f"Kafka call failed ({exc}); is {bootstrap} reachable? "
+                                  "`docstreams broker status` checks the local one",
+                                  reason="broker_unavailable"))
 
 
 @click.group(cls=_Group, help=f"""Docstreams: long document-processing jobs as an exactly-once,
@@ -328,9 +336,22 @@ def resume(all_: bool, stage: str | None, job: str | None, reason: str, wait: bo
            timeout: float, as_json: bool) -> None:
     """Resume a paused scope: work continues from the committed offsets, parked records
     come back in their original order, nothing committed is redone."""
+    from streams import admin
     from streams.control import RESUMED, scope_key
 
-    _set_and_wait(scope_key(all_, stage, job), RESUMED, reason, "drain", wait, timeout, as_json)
+    scope = scope_key(all_, stage, job)
+    settings = _settings()
+    paused = {p["scope"] for p in admin.read_control(
+        settings, local_broker.resolve_bootstrap(settings, start=False))["paused"]}
+    if scope not in paused:
+        note = (f"{scope} is not paused; nothing to resume"
+                + (f" (paused now: {', '.join(sorted(paused))})" if paused else ""))
+        if as_json:
+            click.echo(json.dumps({"command": None, "note": note, "paused": sorted(paused)}))
+        else:
+            console.print(note)
+        return
+    _set_and_wait(scope, RESUMED, reason, "drain", wait, timeout, as_json)
 
 
 @main.command()
@@ -359,6 +380,8 @@ def publish(paths: tuple[Path, ...], job_id: str, passwords: Path | None, as_jso
         for p in done:
             click.echo(f"{p.doc_id}  {p.source}")
         console.print(f"published {len(done)} documents to job {job_id}")
+    for path, why in pub.skipped:
+        click.echo(f"skipped {path}: {why}", err=True)
 
 
 @main.command()

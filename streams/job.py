@@ -110,16 +110,23 @@ class WorkerProcs:
                 proc.wait()
 
 
-def plan(paths: Sequence[Path], job_id: str) -> list[tuple[Path, str, str]]:
-    """(path, source, doc_id) of every document the paths name."""
-    return [(p, src, doc_id_for(job_id, src, sha256_hex(p.read_bytes())))
-            for p, src in collect(paths)]
+def plan(paths: Sequence[Path], job_id: str, console: Console | None = None
+         ) -> list[tuple[Path, str, str]]:
+    """(path, source, doc_id) of every document the paths name; what the folders hold
+    that is not a document is reported on ``console``."""
+    skipped: list[tuple[Path, str]] = []
+    docs = [(p, src, doc_id_for(job_id, src, sha256_hex(p.read_bytes())))
+            for p, src in collect(paths, skipped)]
+    if console is not None:
+        for path, why in skipped:
+            console.print(f"[yellow]skipped[/] {path}: {why}")
+    return docs
 
 
 def run_job(settings: Settings, paths: Sequence[Path], job_id: str,
             passwords: dict[str, str], workers: int, console: Console) -> dict[str, Any]:
     started = time.monotonic()
-    docs = plan(paths, job_id)
+    docs = plan(paths, job_id, console)
     if not docs:
         raise DocstreamsError(f"no files found under {', '.join(map(str, paths))}",
                               reason="not_found")

@@ -42,10 +42,13 @@ def doc_id_for(job_id: str, source: str, sha256: str) -> str:
     return "d" + hashlib.sha256(f"{job_id}\0{source}\0{sha256}".encode()).hexdigest()[:24]
 
 
-def collect(paths: Iterable[Path]) -> Iterator[tuple[Path, str]]:
+def collect(paths: Iterable[Path], skipped: list[tuple[Path, str]] | None = None
+            ) -> Iterator[tuple[Path, str]]:
     """Files under ``paths`` (folders recursively, hidden files skipped), each with the
     name it is published under: ``<folder name>/<path inside it>`` for a folder given,
-    the file's name for a file given."""
+    the file's name for a file given. Entries that are not files with content to read
+    (a dangling or looping symlink, a FIFO, a socket) are not documents: each is added
+    to ``skipped`` with the reason, for the caller to report."""
     for root in paths:
         if not root.exists():
             raise DocstreamsError(f"no such file or folder: {root}", reason="not_found")
@@ -54,8 +57,14 @@ def collect(paths: Iterable[Path]) -> Iterator[tuple[Path, str]]:
             continue
         for path in sorted(root.rglob("*")):
             rel = path.relative_to(root)
-            if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+            if any(part.startswith(".") for part in rel.parts) or path.is_dir():
+                continue
+            if path.is_file():
                 yield path, f"{root.resolve().name}/{rel.as_posix()}"
+            elif skipped is not None:
+                why = ("a symlink to nothing (dangling or looping)"
+                       if path.is_symlink() else "not a regular file (FIFO, socket or device)")
+                skipped.append((path, why))
 
 
 def password_ref_for(job_id: str, doc_id: str, generation: int = 0) -> str:
@@ -95,6 +104,7 @@ class Publisher:
         self.blobs = BlobStore(settings.blob_dir)
         self.secrets = SecretStore(settings.home / "secrets")
         self.submitted_by = submitted_by or f"{getpass.getuser()}@{socket.gethostname()}"
+        self.skipped: list[tuple[Path, str]] = []  # entries of the folders that are no file
         self._check_topics(bootstrap)
         self._producer = transactional_producer(
             settings, bootstrap, f"{settings.topic_prefix}docstreams.publish.{uuid.uuid4().hex}")
@@ -132,7 +142,8 @@ class Publisher:
         already walked the folders), else names come from :func:`collect`."""
         passwords = passwords or {}
         items = []
-        named = list(sources.items()) if sources is not None else list(collect(paths))
+        named = (list(sources.items()) if sources is not None
+                 else list(collect(paths, self.skipped)))
         for path, source in named:
             pw = passwords.get(source, passwords.get(path.name))
             items.append((path.read_bytes(), source, pw))

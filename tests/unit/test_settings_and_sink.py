@@ -99,3 +99,19 @@ def test_a_sink_table_from_before_generations_is_migrated(tmp_path: Path):
     sink.upsert(_result(), 1)
     assert sink.rows()[0]["generation"] == 0
     sink.close()
+
+
+def test_collect_reports_what_is_not_a_file_instead_of_dropping_it(tmp_path: Path):
+    import os
+
+    (tmp_path / "a.pdf").write_bytes(b"%PDF-1.4")
+    (tmp_path / "dangling.pdf").symlink_to(tmp_path / "gone.pdf")
+    (tmp_path / "loop.pdf").symlink_to(tmp_path / "loop.pdf")
+    os.mkfifo(tmp_path / "pipe.pdf")
+    skipped: list[tuple[Path, str]] = []
+    found = [src for _, src in collect([tmp_path], skipped)]
+    assert found == [f"{tmp_path.name}/a.pdf"]
+    reasons = {p.name: why for p, why in skipped}
+    assert reasons.keys() == {"dangling.pdf", "loop.pdf", "pipe.pdf"}
+    assert "symlink" in reasons["dangling.pdf"] and "symlink" in reasons["loop.pdf"]
+    assert "FIFO" in reasons["pipe.pdf"]
