@@ -291,7 +291,11 @@ class StageRunner:
         path = (self.settings.state_dir / self.worker_id / self.stage.name / source
                 / f"p{partition}")
         store = PartitionStore(path)
-        consumer = reader(self.settings, self.bootstrap)
+        try:
+            consumer = reader(self.settings, self.bootstrap)
+        except BaseException:
+            store.close()
+            raise
         try:
             high = high_watermark(consumer, TopicPartition(changelog, partition))
             start = store.checkpoint
@@ -312,6 +316,11 @@ class StageRunner:
                 pos = consumer.position([TopicPartition(changelog, partition)])[0].offset
                 position = max(position, pos)
             store.checkpoint = high
+        except BaseException:
+            # A restore cut short (the broker went away, say) must not keep RocksDB's
+            # lock: the next assignment opens this store again, in this process.
+            store.close()
+            raise
         finally:
             consumer.close()
         return store
