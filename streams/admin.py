@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient, ConsumerGroupDescription
@@ -18,6 +18,9 @@ from confluent_kafka.admin import AdminClient, ConsumerGroupDescription
 from streams import names, records
 from streams.kafka import high_watermark, reader, where
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from streams.control import Desired
 
 
 def affected_stages(scope: str) -> list[str]:
@@ -136,7 +139,6 @@ def _count_records(consumer: Consumer, ranges: dict[tuple[str, str, int], tuple[
 
     A range larger than COUNT_UP_TO, or one whose read has not reached its end in time
     (an open transaction holds read_committed readers back), counts as its offset gap."""
-    counts = {key: 0 for key in ranges}
     starts: dict[tuple[str, int], int] = {}
     ends: dict[tuple[str, int], int] = {}
     for (_, topic, partition), (start, end) in ranges.items():
@@ -158,12 +160,14 @@ def _count_records(consumer: Consumer, ranges: dict[tuple[str, str, int], tuple[
                 if pos.offset >= ends[(pos.topic, pos.partition)]:
                     left.discard((pos.topic, pos.partition))
         consumer.unassign()
+    counts: dict[tuple[str, str, int], int] = {}
     for (stage, topic, partition), (start, end) in ranges.items():
-        where_ = (topic, partition)
-        if where_ in starts and where_ not in left:
-            counts[(stage, topic, partition)] = sum(1 for o in seen[where_] if start <= o < end)
+        read = (topic, partition)
+        if read in starts and read not in left:
+            n = sum(1 for o in seen[read] if start <= o < end)
         else:
-            counts[(stage, topic, partition)] = max(0, end - start)
+            n = max(0, end - start)
+        counts[(stage, topic, partition)] = n
     return counts
 
 
@@ -181,18 +185,22 @@ def _committed(admin: AdminClient, group: str, parts: list[TopicPartition]
             if tp.offset >= 0}
 
 
-def read_control(settings: Settings, bootstrap: str) -> dict[str, Any]:
-    """The desired state now, and the latest ack of each (stage, worker)."""
+def read_desired(settings: Settings, bootstrap: str) -> Desired | None:
+    """The desired state now; None on a cluster no job or command has used yet."""
     from streams.control import ControlView
 
     view = ControlView(settings, bootstrap)
     try:
-        if not view.exists():
-            # A cluster no job or command has used yet: nothing is paused.
-            return {"paused": [], "entries": {}, "acks": []}
-        desired = view.load_to_end()
+        return view.load_to_end() if view.exists() else None
     finally:
         view.close()
+
+
+def read_control(settings: Settings, bootstrap: str) -> dict[str, Any]:
+    """The desired state now, and the latest ack of each (stage, worker)."""
+    desired = read_desired(settings, bootstrap)
+    if desired is None:  # nothing is paused, nobody has acknowledged anything
+        return {"paused": [], "entries": {}, "acks": []}
     acks: dict[tuple[str, str], dict[str, Any]] = {}
     topic = names.topic(settings.topic_prefix, names.CONTROL_ACKS)
     consumer = reader(settings, bootstrap)

@@ -341,8 +341,8 @@ def resume(all_: bool, stage: str | None, job: str | None, reason: str, wait: bo
 
     scope = scope_key(all_, stage, job)
     settings = _settings()
-    paused = {p["scope"] for p in admin.read_control(
-        settings, local_broker.resolve_bootstrap(settings, start=False))["paused"]}
+    desired = admin.read_desired(settings, local_broker.resolve_bootstrap(settings, start=False))
+    paused = {p["scope"] for p in desired.paused()} if desired is not None else set()
     if scope not in paused:
         note = (f"{scope} is not paused; nothing to resume"
                 + (f" (paused now: {', '.join(sorted(paused))})" if paused else ""))

@@ -9,7 +9,6 @@ committed state: nothing committed is redone.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -33,21 +32,7 @@ from streams.publish import Publisher, collect, doc_id_for
 from streams.settings import Settings
 from streams.sink import safe_name
 from streams.status import PIPELINE, Follower
-from streams.worker import ensure_pipeline_topics
-
-
-def worker_id_in_use(settings: Settings, worker_id: str) -> bool:
-    """Whether a live process holds this worker id's lock (see Worker._claim_id)."""
-    lock = settings.state_dir / worker_id / ".worker.lock"
-    if not lock.exists():
-        return False
-    with open(lock, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
+from streams.worker import ensure_pipeline_topics, worker_id_in_use
 
 
 @dataclass

@@ -116,10 +116,19 @@ class ConsumerFailed(RuntimeError):
     """The consumer reported a fatal error: run() drops it and connects anew."""
 
 
+# Client errors that mean a broker connection went away.
+_BROKER_LOST = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
+
+
+def _is_fatal(err: KafkaError) -> bool:
+    return bool(err.fatal()) or err.code() == KafkaError._FATAL
+
+
 def _discard(producer: Producer) -> None:
+    """Run on a helper thread that holds the last reference: the client is destroyed
+    here when this returns, not on the runner thread."""
     with contextlib.suppress(Exception):
         producer.flush(1)
-    del producer
 
 
 class StageRunner:
@@ -206,14 +215,14 @@ class StageRunner:
         after a broker restart and block in send_offsets_to_transaction far past its
         timeout (confluentinc/librdkafka#5511). The consumer is polled even while
         paused, so an outage during a pause is seen too."""
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+        if err.code() in _BROKER_LOST:
             if not self._broker_lost:
                 log.info("%s: broker connection lost (%s); the next transaction starts "
                          "on a new producer", self.stage.name, err.str())
             self._broker_lost = True
         else:
             log.warning("%s consumer: %s", self.stage.name, err.str())
-            if err.fatal() or err.code() == KafkaError._FATAL:
+            if _is_fatal(err):
                 self._consumer_fatal = err.str()
 
     def _refresh_producer(self) -> None:
@@ -291,12 +300,9 @@ class StageRunner:
         path = (self.settings.state_dir / self.worker_id / self.stage.name / source
                 / f"p{partition}")
         store = PartitionStore(path)
+        consumer: Consumer | None = None
         try:
             consumer = reader(self.settings, self.bootstrap)
-        except BaseException:
-            store.close()
-            raise
-        try:
             high = high_watermark(consumer, TopicPartition(changelog, partition))
             start = store.checkpoint
             if start > high:  # the topic was recreated: start over
@@ -322,7 +328,8 @@ class StageRunner:
             store.close()
             raise
         finally:
-            consumer.close()
+            if consumer is not None:
+                consumer.close()
         return store
 
     # -- the loop ----------------------------------------------------------------------
@@ -553,7 +560,7 @@ class StageRunner:
         err = msg.error()
         if err:
             log.warning("%s consumer: %s", self.stage.name, err)
-            if err.fatal() or err.code() == KafkaError._FATAL:
+            if _is_fatal(err):
                 self._consumer_fatal = err.str()
             return True
         return False
@@ -792,7 +799,7 @@ class StageRunner:
     def _on_producer_error(self, err: KafkaError) -> None:
         """Transactional producer error callback, served by producer.poll(): from the
         runner thread before a transaction, or from the thread waiting on a commit."""
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+        if err.code() in _BROKER_LOST:
             self._producer_lost = err.str()
             self._broker_lost = True
 

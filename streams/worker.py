@@ -13,6 +13,7 @@ import fcntl
 import logging
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from streams import names, topics
@@ -34,6 +35,25 @@ log = logging.getLogger("docstreams.worker")
 def ensure_pipeline_topics(settings: Settings, bootstrap: str) -> None:
     changelogs = names.changelogs(settings.topic_prefix)
     topics.ensure_topics(settings, bootstrap, changelogs, compacted=changelogs)
+
+
+def worker_lock_path(settings: Settings, worker_id: str) -> Path:
+    """The file a worker holds locked (flock) for as long as it runs under that id."""
+    return settings.state_dir / worker_id / ".worker.lock"
+
+
+def worker_id_in_use(settings: Settings, worker_id: str) -> bool:
+    """Whether a live process holds this worker id's lock (see Worker._claim_id)."""
+    lock = worker_lock_path(settings, worker_id)
+    if not lock.exists():
+        return False
+    with open(lock, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 class Worker:
@@ -69,9 +89,10 @@ class Worker:
     def _claim_id(self) -> None:
         """One process per worker id on a machine: the id names the RocksDB folders (which
         RocksDB locks) and the transactional ids (which would fence each other)."""
-        folder = self.settings.state_dir / self.worker_id
+        lock = worker_lock_path(self.settings, self.worker_id)
+        folder = lock.parent
         folder.mkdir(parents=True, exist_ok=True)
-        self._lock = open(folder / ".worker.lock", "w")  # noqa: SIM115 - held for life
+        self._lock = open(lock, "w")  # noqa: SIM115 - held for life
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.job import WorkerProcs, worker_id_in_use
+from streams.job import WorkerProcs
 from streams.settings import Settings
-from streams.worker import Worker
+from streams.worker import Worker, worker_id_in_use
 
 
 @pytest.fixture
