@@ -42,7 +42,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupState, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from streams import broker, names, records
 from streams.admin import live_members
@@ -101,6 +102,7 @@ class Bench:
         self.events = Tail(settings, bootstrap, names.EVENTS, from_start=True)
         self.tracker = JobTracker()
         self.expected = {(s, w) for s in names.STAGES for w in workers}
+        self.first_commit: float | None = None
 
     def follow(self, timeout: float = 0.05) -> list[dict[str, Any]]:
         got = self.events.poll(timeout)
@@ -113,21 +115,32 @@ class Bench:
             if not self.follow(0.05) and self.events.caught_up():
                 return
 
-    def command(self, state: str) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
-        """Write ``state`` for scope all; return the entry, seconds from the command to
-        the last ack's own timestamp, and the acks."""
+    def watch_commits(self, since: float) -> None:
+        """Follow the events; note when the first stage commit after ``since`` is seen."""
+        for rec in self.follow(0.0):
+            if self.first_commit is None and rec["stage"] in names.STAGES:
+                self.first_commit = time.time() - since
+
+    def command(self, state: str, *, watch: bool = False
+                ) -> tuple[float, float, list[dict[str, Any]]]:
+        """Write ``state`` for scope all; return when it was written, seconds from then
+        to the last ack's own timestamp, and the acks. With ``watch``, commits are
+        followed while the acks come in (the first can come before the last ack)."""
         started = time.time()
+        self.first_commit = None
         entry = self.client.set_state("all", state, reason="benchmark", by="benchmark")
         acks: dict[tuple[str, str], dict[str, Any]] = {}
         deadline = time.monotonic() + 60
         while not self.expected <= acks.keys():
             if time.monotonic() > deadline:
                 raise SystemExit(f"{state}: no ack from {sorted(self.expected - acks.keys())}")
+            if watch:
+                self.watch_commits(started)
             for ack in self.acks.poll(0.01):
                 if ack["command_id"] == entry["command_id"]:
                     acks[(ack["stage"], ack["worker"])] = ack
         last = max(a["at_ms"] for a in acks.values()) / 1000
-        return entry, last - started, list(acks.values())
+        return started, last - started, list(acks.values())
 
     def in_pipeline(self) -> int:
         snap = self.tracker.view(JOB).snapshot()
@@ -137,24 +150,36 @@ class Bench:
         self.follow(0.0)
         in_flight = self.in_pipeline()
         _, pause_s, acks = self.command(PAUSED)
+        last = max(acks, key=lambda a: a["at_ms"])
         return {"pause_s": pause_s, "in_pipeline": in_flight,
-                "drained": sum(a["drained"] for a in acks)}
+                "drained": sum(a["drained"] for a in acks),
+                "last_ack": f"{last['stage']}/{last['worker']}"}
 
     def resume_cycle(self, *, expect_commit: bool) -> dict[str, Any]:
         self.catch_up()  # everything committed before the resume has been seen
-        started = time.time()
-        _, acked_s, _ = self.command(RESUMED)
-        first = None
+        started, acked_s, _ = self.command(RESUMED, watch=expect_commit)
         deadline = time.monotonic() + 30
-        while expect_commit and first is None and time.monotonic() < deadline:
-            for rec in self.follow(0.01):
-                if first is None and rec["stage"] in names.STAGES:
-                    first = time.time() - started
-        return {"resume_acked_s": acked_s, "resume_commit_s": first}
+        while expect_commit and self.first_commit is None and time.monotonic() < deadline:
+            self.watch_commits(started)
+            time.sleep(0.005)
+        return {"resume_acked_s": acked_s,
+                "resume_commit_s": self.first_commit if expect_commit else None}
 
     def close(self) -> None:
         self.acks.close()
         self.events.close()
+
+
+def groups_settled(settings: Settings, bootstrap: str) -> bool:
+    """Every stage group is stable and each of its members owns partitions."""
+    admin = AdminClient(settings.kafka_common(bootstrap))
+    groups = [names.group_id(settings.topic_prefix, s) for s in names.STAGES]
+    for future in admin.describe_consumer_groups(groups).values():
+        desc = future.result(timeout=15)
+        if desc.state != ConsumerGroupState.STABLE or any(
+                not m.assignment.topic_partitions for m in desc.members):
+            return False
+    return True
 
 
 def spawn(settings: Settings, bootstrap: str, worker_id: str) -> subprocess.Popen[bytes]:
@@ -213,11 +238,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise SystemExit("workers did not join in 120 s")
             time.sleep(0.5)
+        # Joined is not settled: cooperative rebalancing goes on for a few rounds, and a
+        # pause acknowledged during one waits for it (measured: 1.1-1.2 s, not 0.3 s).
+        settled = 0
+        while settled < 2:
+            if time.monotonic() > deadline:
+                raise SystemExit("the stage groups did not settle in 120 s")
+            settled = settled + 1 if groups_settled(settings, bootstrap) else 0
+            time.sleep(1.0)
         bench = Bench(settings, bootstrap, worker_ids)
 
         idle = []
         for _ in range(args.baseline):
             idle.append(bench.pause_cycle())
+            if not args.json:
+                print(f"idle {len(idle):3d}: pause {idle[-1]['pause_s']:.3f} s "
+                      f"(last ack {idle[-1]['last_ack']})", flush=True)
             time.sleep(args.hold)
             bench.resume_cycle(expect_commit=False)
             time.sleep(0.3)
@@ -238,7 +274,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             loaded.append(cycle)
             if not args.json:
                 print(f"cycle {i + 1:3d}: pause {cycle['pause_s']:.3f} s "
-                      f"(in pipeline {cycle['in_pipeline']}, drained {cycle['drained']}), "
+                      f"(in pipeline {cycle['in_pipeline']}, drained {cycle['drained']}, "
+                      f"last ack {cycle['last_ack']}), "
                       f"resume -> commit {cycle['resume_commit_s'] or float('nan'):.3f} s",
                       flush=True)
     finally:

@@ -408,6 +408,7 @@ class StageRunner:
         elif not self.gate.wants_stage_paused(desired) and self.gate.stage_paused:
             self._seek_committed(assignment)
             self.consumer.resume(assignment)
+            self._wake_fetchers(assignment)
             self.gate.stage_paused = False
             log.info("%s resumed", self.stage.name)
         unacked = self.gate.unacked(desired)
@@ -425,6 +426,32 @@ class StageRunner:
             # (auto.offset.reset=earliest), not from where this client last stood.
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def _wake_fetchers(self, assignment: list[TopicPartition]) -> None:
+        """Make the first fetch after a resume start now, not up to a second later.
+
+        librdkafka does not wake a broker's fetcher thread when partitions are resumed:
+        the fetch waits for that thread's next turn. With ``debug=fetch`` the log shows
+        "start fetching" at the resume and the next Fetch request 1.0 s after it, on
+        every resume of an otherwise idle consumer. Any request to a partition's leader
+        wakes that thread; a watermark query is a cheap one, sent once per leader (it can
+        wait behind a Fetch already in flight, at most ``fetch.wait.max.ms``). It only
+        saves time, so a failure is ignored (the fetch then starts on its own)."""
+        assert self.consumer is not None
+        if not assignment:
+            return
+        try:
+            one_per_leader: dict[int, TopicPartition] = {}
+            for topic in sorted({tp.topic for tp in assignment}):
+                meta = self.consumer.list_topics(topic, timeout=5).topics[topic]
+                for tp in assignment:
+                    part = meta.partitions.get(tp.partition) if tp.topic == topic else None
+                    if part is not None:
+                        one_per_leader.setdefault(part.leader, tp)
+            for tp in one_per_leader.values():
+                self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+        except KafkaException as exc:
+            log.debug("%s: fetcher wake-up after resume skipped: %s", self.stage.name, exc)
 
     def _check_positions(self) -> None:
         """Defence in depth against client bugs around seek, pause and resume (several
