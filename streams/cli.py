@@ -80,6 +80,7 @@ Start here:
   docstreams status --job loan-17            where every document is
 {ENV_HELP}""")
 @click.option("-v", "--verbose", is_flag=True, help="Log what the workers do.")
+@click.version_option(package_name="docstreams", message="%(prog)s %(version)s")
 def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -236,10 +237,12 @@ def _set_and_wait(scope: str, state: str, reason: str, mode: str, wait: bool, ti
                   as_json: bool) -> None:
     from streams import admin
     from streams.control import ControlClient
+    from streams.topics import check_reachable
     from streams.worker import ensure_pipeline_topics
 
     settings = _settings()
     bootstrap = local_broker.resolve_bootstrap(settings, start=False)
+    check_reachable(settings, bootstrap)
     ensure_pipeline_topics(settings, bootstrap)  # a command may come before any job
     entry = ControlClient(settings, bootstrap).set_state(scope, state, reason=reason, mode=mode)
     out: dict[str, Any] = {"command": entry}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import click
@@ -97,12 +98,12 @@ def status_command(as_json: bool) -> None:
     """Show whether the broker runs and answers, with its address, pid and paths.
 
     With DOCSTREAMS_BOOTSTRAP set, checks that cluster instead of the local broker.
+    Exits 0 when the broker answers and 1 when it does not, so scripts can wait on it.
     """
     report = local_broker.status(_settings())
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    click.echo(_describe(report))
+    click.echo(json.dumps(report, indent=2) if as_json else _describe(report))
+    if not report["ready"]:
+        sys.exit(1)
 
 
 def _describe(report: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
 
 from streams import names, records
 from streams.errors import DocstreamsError
-from streams.kafka import high_watermark, reader, transactional_producer
+from streams.kafka import high_watermark, kafka_error, reader, transactional_producer
 from streams.settings import Settings
 
 PAUSED, RESUMED = "paused", "resumed"
@@ -104,8 +104,12 @@ class ControlView:
         try:
             topics = self._consumer.list_topics(timeout=10).topics
         except KafkaException as exc:
-            raise DocstreamsError(f"cannot read {self.topic}: {exc}",
-                                  reason="control_unavailable", retryable=True) from exc
+            err = kafka_error(exc)
+            raise DocstreamsError(
+                f"cannot read {self.topic}: Kafka at {self.bootstrap} did not answer "
+                f"({err.str() if err else exc}). Is the broker running "
+                "(`docstreams broker status`)?",
+                reason="control_unavailable", retryable=True) from None
         return self.topic in topics
 
     def load_to_end(self, timeout: float = 30.0) -> Desired:

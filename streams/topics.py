@@ -136,6 +136,13 @@ def _wait_until_led(admin: AdminClient, bootstrap: str, wanted: Iterable[str],
         time.sleep(0.2)
 
 
+def check_reachable(settings: Settings, bootstrap: str, timeout: float = 10.0) -> None:
+    """Fail within ``timeout`` seconds, with the usual reason, if the cluster does not
+    answer (an admin command should not sit out the 30 s of its Kafka calls first)."""
+    _metadata(AdminClient(settings.kafka_common(bootstrap)), bootstrap,
+              time.monotonic() + timeout)
+
+
 def _metadata(admin: AdminClient, bootstrap: str, deadline: float) -> ClusterMetadata:
     try:
         return admin.list_topics(timeout=max(1.0, deadline - time.monotonic()))
