@@ -77,11 +77,14 @@ def wait_for_acks(settings: Settings, bootstrap: str, command: dict[str, Any],
         consumer.assign([tp if tp.offset >= 0 else TopicPartition(topic, tp.partition,
                                                                    ends[tp.partition])
                          for tp in start])
-        next_members = 0.0
+        next_members, empty_checks = 0.0, 0
         while time.monotonic() - started < timeout:
             if time.monotonic() >= next_members:
                 report.expected = live_members(settings, bootstrap, stages)
                 next_members = time.monotonic() + 1.0
+                empty_checks = 0 if report.expected else empty_checks + 1
+                if empty_checks >= 2:  # nobody to wait for (checked twice, 1 s apart)
+                    break
             for msg in consumer.consume(100, timeout=0.1):
                 if msg.error():
                     continue

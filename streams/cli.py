@@ -22,7 +22,11 @@ from streams.errors import DocstreamsError
 from streams.names import STAGES as STAGE_NAMES
 from streams.settings import Settings
 
-console = Console(stderr=True, soft_wrap=True)
+# Results on stdout (so `status > file` and pipes work); progress, notices and errors on
+# stderr. Off a terminal, tables are not cut to 80 columns unless COLUMNS says so.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200
+console = Console(soft_wrap=True, width=_WIDTH)
+err_console = Console(stderr=True, soft_wrap=True)
 ENV_HELP = """
 \b
 Environment:
@@ -41,7 +45,7 @@ def _bootstrap_starting(settings: Settings) -> str:
     if settings.bootstrap:
         return settings.bootstrap
     if not local_broker.status(settings).get("ready"):
-        console.print(f"starting the local broker under {settings.home}/broker ...")
+        err_console.print(f"starting the local broker under {settings.home}/broker ...")
     return local_broker.resolve_bootstrap(settings)
 
 
@@ -50,7 +54,7 @@ def _fail(exc: DocstreamsError) -> None:
         # A script asked for JSON: give it JSON on failure too.
         click.echo(json.dumps({"error": str(exc), "reason": exc.reason}))
     else:
-        console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {exc}")
     sys.exit(1)
 
 
@@ -122,9 +126,16 @@ def run(paths: tuple[Path, ...], job_id: str | None, passwords: Path | None, wor
     job = job_id or paths[0].resolve().name
     try:
         summary = run_job(settings, list(paths), job, load_passwords(passwords), workers,
-                          console)
+                          err_console)
     except JobInterrupted as exc:
-        console.print(str(exc))
+        err_console.print(str(exc))
+        sys.exit(130)
+    except KeyboardInterrupt:
+        # Ctrl-C before the job was followed (broker start, publishing): no work is
+        # under way to pause, and publishing is idempotent.
+        err_console.print(f"\n[yellow]interrupted while job {job} was starting[/]: what was "
+                          "published stays in the job and nothing is redone; run the same "
+                          "command again to continue")
         sys.exit(130)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -182,8 +193,10 @@ def _print_control(paused: list[dict[str, Any]], acks: list[dict[str, Any]]) -> 
 def status(jobs: tuple[str, ...], as_json: bool) -> None:
     """Where every job stands: documents, outcomes, per-stage done and executions.
 
-    Executions are counted before work starts, so executions above done means work
-    was redone (a crash or an abort); equal means nothing was done twice.
+    Executions are counted before work starts. Redone is work done twice for the
+    same document: a crash or a `pause --now` abort; 0 means nothing was done twice.
+    A `dlq retry` starts a new generation of a document: its executions are counted,
+    but it is not redone work.
     """
     from streams import admin
     from streams.status import job_status
@@ -236,7 +249,7 @@ def _print_acks(report: Any, console_: Console) -> None:
 def _set_and_wait(scope: str, state: str, reason: str, mode: str, wait: bool, timeout: float,
                   as_json: bool) -> None:
     from streams import admin
-    from streams.control import ControlClient
+    from streams.control import PAUSED, ControlClient
     from streams.topics import check_reachable
     from streams.worker import ensure_pipeline_topics
 
@@ -279,6 +292,12 @@ def _set_and_wait(scope: str, state: str, reason: str, mode: str, wait: bool, ti
             console.print("queued per stage: " + ", ".join(f"{s} {n}" for s, n in lag.items()))
             if parked:
                 console.print("parked per job: " + ", ".join(f"{j} {n}" for j, n in parked.items()))
+            if scope.startswith("job:") and state == PAUSED:
+                console.print("[dim]a stage parks the paused job's records as it reads them: "
+                              "queued records of the job are parked when they are read")
+        elif not admin.live_members(settings, bootstrap, admin.affected_stages(scope)):
+            console.print("[yellow]no worker is running: the state is recorded and applies "
+                          "when one starts (`docstreams worker`, or `docstreams run`)")
     if wait and not out["acknowledged"] and out["workers"]:
         sys.exit(3)
 
@@ -412,14 +431,14 @@ def worker(worker_id: str | None, stages: tuple[str, ...]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     w.start()
-    console.print(f"worker {wid} running {', '.join(w.stage_names)} on {bootstrap}; "
+    err_console.print(f"worker {wid} running {', '.join(w.stage_names)} on {bootstrap}; "
                   "Ctrl-C or SIGTERM stops it (the batch in flight commits first)")
     while not stop.wait(1.0):
         if not w.alive():
             break
-    console.print(f"worker {wid} stopping...")
+    err_console.print(f"worker {wid} stopping...")
     w.stop()
-    console.print(f"worker {wid} stopped")
+    err_console.print(f"worker {wid} stopped")
 
 
 def _attach_optional() -> None:

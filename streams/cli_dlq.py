@@ -213,5 +213,8 @@ def retry_command(doc_ids: tuple[str, ...], job: str | None, reason: str | None,
         done = sum(r["action"] == logic.RESUBMIT for r in reports)
         click.echo(f"{'would re-submit' if dry_run else 're-submitted'} {done} of "
                    f"{len(reports)} document(s)")
+        if done and not dry_run:
+            click.echo("a worker processes them: `docstreams worker`, or the job's "
+                       "`docstreams run` again; `docstreams status` follows them")
     if missing:
         raise DocstreamsError(f"no dead letter for {', '.join(missing)}", reason="not_found")

@@ -42,18 +42,27 @@ class JobView:
     last_at_ms: int | None = None
     # Whole seconds in which the job had an audit event: the basis of active_s.
     event_seconds: set[int] = field(default_factory=set)
+    # Pauses of this job (command to resume, in ms), and the one in force, if any.
+    paused_spans: list[tuple[int, int]] = field(default_factory=list)
+    paused_since_ms: int | None = None
 
     def active_s(self) -> float:
-        """Seconds the job was being worked on: first to last event, less every gap of
-        more than IDLE_GAP_S without an event of the job (a pause, no worker running, a
-        retry's backoff, a re-run days later). No single step takes that long without an
-        event: parse, the slowest, is stopped at its time limit (30 s by default)."""
+        """Seconds the job was being worked on: first to last event, less the time it
+        was paused (job scope) and every gap of more than IDLE_GAP_S without an event of
+        the job (a pause of everything, no worker running, a retry's backoff, a re-run
+        days later). No single step takes that long without an event: parse, the
+        slowest, is stopped at its time limit (30 s by default)."""
         if self.first_at_ms is None or self.last_at_ms is None:
             return 0.0
+        first, last = self.first_at_ms / 1000, self.last_at_ms / 1000
         seconds = sorted(self.event_seconds)
-        idle = sum(after - before - 1 for before, after in zip(seconds, seconds[1:], strict=False)
-                   if after - before > IDLE_GAP_S)
-        return round(max(0.0, (self.last_at_ms - self.first_at_ms) / 1000 - idle), 3)
+        idle = [(before + 1.0, float(after))
+                for before, after in zip(seconds, seconds[1:], strict=False)
+                if after - before > IDLE_GAP_S]
+        spans = [*self.paused_spans] + ([(self.paused_since_ms, self.last_at_ms)]
+                                        if self.paused_since_ms is not None else [])
+        idle += [(start / 1000, end / 1000) for start, end in spans]
+        return round(max(0.0, last - first - _covered(idle, first, last)), 3)
 
     def _dead_before(self, stage: str) -> int:
         """Documents dead-lettered by an earlier stage never reach ``stage`` (the sink
@@ -88,6 +97,17 @@ class JobView:
         }
 
 
+def _covered(intervals: list[tuple[float, float]], low: float, high: float) -> float:
+    """Length of the union of ``intervals`` within [low, high]."""
+    total, reach = 0.0, low
+    for start, end in sorted(intervals):
+        start, end = max(start, reach), min(end, high)
+        if end > start:
+            total += end - start
+            reach = end
+    return total
+
+
 class JobTracker:
     """Folds lifecycle events and executions into per-job views."""
 
@@ -107,6 +127,13 @@ class JobTracker:
             return
         view = self.view(rec["job_id"])
         at = rec["at_ms"]
+        if rec["stage"] == "control":  # a pause or resume of this job: not work on it
+            if rec["transition"] == "paused" and view.paused_since_ms is None:
+                view.paused_since_ms = at
+            elif rec["transition"] == "resumed" and view.paused_since_ms is not None:
+                view.paused_spans.append((view.paused_since_ms, at))
+                view.paused_since_ms = None
+            return
         view.first_at_ms = at if view.first_at_ms is None else min(view.first_at_ms, at)
         view.last_at_ms = at if view.last_at_ms is None else max(view.last_at_ms, at)
         view.event_seconds.add(at // 1000)

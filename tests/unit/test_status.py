@@ -93,3 +93,36 @@ def test_active_time_leaves_out_idle_gaps_such_as_a_pause() -> None:
     # 125 s from the first to the last event, less the 119 whole seconds between second
     # 5 and second 125 without any event
     assert view.active_s() == 6.0
+
+
+def _control(tracker: JobTracker, state: str, at_ms: int, job: str = "j") -> None:
+    tracker.add("LifecycleEvent", {"subject": f"control:job:{job}", "job_id": job, "seq": 0,
+                                   "stage": "control", "transition": state, "detail": "",
+                                   "at_ms": at_ms})
+
+
+def test_active_time_leaves_out_a_short_pause_of_the_job_and_counts_overlap_once() -> None:
+    t = JobTracker()
+    for at_ms in (1_000, 3_000):
+        t.add("LifecycleEvent", _event("a", "parse", "parsed", at=at_ms))
+    _control(t, "paused", 3_000)                 # paused 12 s: shorter than IDLE_GAP_S
+    _control(t, "resumed", 15_000)
+    for at_ms in (15_000, 17_000):
+        t.add("LifecycleEvent", _event("a", "extract", "extracted", at=at_ms))
+    assert t.view("j").active_s() == 4.0         # 16 s from first to last, 12 s paused
+    _control(t, "paused", 17_000)                # a long pause: the idle gap overlaps it
+    _control(t, "resumed", 117_000)
+    t.add("LifecycleEvent", _event("a", "validate", "validated", at=117_500))
+    # 116.5 s span, less 12 s and 100 s paused; the 99 idle seconds inside the second
+    # pause are not left out a second time
+    assert t.view("j").active_s() == 4.5
+
+
+def test_a_pause_still_in_force_ends_the_active_time_at_the_pause() -> None:
+    t = JobTracker()
+    for at_ms in (1_000, 2_000):
+        t.add("LifecycleEvent", _event("a", "parse", "parsed", at=at_ms))
+    _control(t, "paused", 2_000)
+    t.add("LifecycleEvent", _event("b", "parse", "parked", at=2_500))
+    assert t.view("j").active_s() == 1.0
+    assert t.view("j").first_at_ms == 1_000      # control events are not work
