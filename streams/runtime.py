@@ -274,10 +274,15 @@ class StageRunner:
             if key not in self.stores:
                 self.stores[key] = self._restore(key)
         consumer.incremental_assign(partitions)
+        # Set the partition's pause flag both ways on every assignment, before a single
+        # fetch: a partition another worker owned must be paused here if the stage is;
+        # and librdkafka keeps the flag of a partition this consumer paused, lost in a
+        # rebalance and gets back after a resume it missed (it then never fetched
+        # again: pause, a worker joins, resume, the worker leaves).
         if self.gate.stage_paused:
-            # A consumer's pause flag dies with the assignment: re-apply it to every
-            # partition that arrives, before a single fetch.
             consumer.pause(partitions)
+        else:
+            consumer.resume(partitions)
         log.info("%s assigned %s%s", self.stage.name,
                  sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions),
                  " (paused)" if self.gate.stage_paused else "")

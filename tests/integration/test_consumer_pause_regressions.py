@@ -435,6 +435,51 @@ def test_runner_partition_returning_after_a_rebalance_during_a_pause_continues_f
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a runner failed"
 
 
+def test_runner_partition_lost_while_paused_and_returned_after_the_resume_is_fetched(
+        settings, bootstrap, runners, caplog):
+    """The client keeps the pause flag of a partition a consumer paused and then lost
+    in a rebalance; the resume it missed does not clear it. Here: a is paused; b joins
+    and takes partitions; resume (a resumes only what it holds); b leaves while the
+    stage runs, and its partitions return to a. They must be fetched again: every
+    record is processed once and every partition is consumed to its end."""
+    caplog.set_level(logging.ERROR, logger="docstreams.runtime")
+    s = settings.replace(batch_max_docs=5)
+    docs = submit(s, bootstrap, "lost", 240)
+    control = Control()
+    stage_a, stage_b = NotingStage(pace_s=0.05), NotingStage(pace_s=0.05)
+    a = runner(s, bootstrap, stage_a, control, "a")
+    thread_a = threading.Thread(target=a.run, daemon=True)
+    runners.append((a, thread_a))
+    thread_a.start()
+    wait(lambda: len(stage_a.processed()) >= 20, what="a works")
+
+    control.set("all", PAUSED)
+    wait(lambda: a.gate.stage_paused and not a.gate.unacked(control.desired()), what="a paused")
+    b = runner(s, bootstrap, stage_b, control, "b")
+    thread_b = threading.Thread(target=b.run, daemon=True)
+    runners.append((b, thread_b))
+    thread_b.start()
+    wait(lambda: len(parts_of(b)) > 0 and b.gate.stage_paused, what="b takes partitions")
+    b_parts = parts_of(b)
+
+    control.set("all", RESUMED)
+    wait(lambda: len(stage_b.processed()) >= 20, what="b works")
+    b.stop()  # not paused: its partitions go back to a, which paused them before
+    thread_b.join(30)
+    wait(lambda: parts_of(a) >= b_parts, timeout=60, what="b's partitions back with a")
+    back_at = len(stage_a.processed())
+
+    wait(lambda: len(noted(s, bootstrap)) >= len(docs), timeout=90,
+         what=f"all processed (a holds {sorted(parts_of(a))}, b had {sorted(b_parts)})")
+    processed = Counter((p, o) for _, p, o in stage_a.processed() + stage_b.processed())
+    assert set(processed.values()) == {1}, "a record was processed twice"
+    assert {p for _, p, _ in stage_a.processed()[back_at:]} & b_parts, \
+        "the returned partitions made no progress with a"
+    counts = noted(s, bootstrap)
+    assert set(counts) == set(docs) and set(counts.values()) == {1}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a runner failed"
+
+
 def parts_of(r: StageRunner) -> set[int]:
     """The partitions a runner holds (it opens a state store for each on assignment)."""
     while True:
