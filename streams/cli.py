@@ -246,6 +246,17 @@ def _print_acks(report: Any, console_: Console) -> None:
     console_.print(table)
 
 
+MAX_REASON = 500
+
+
+def _short_reason(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A reason is shown in every status and ack table: keep it to a sentence or two."""
+    if len(value) > MAX_REASON:
+        raise click.BadParameter(f"{len(value)} characters; keep it to {MAX_REASON} (a "
+                                 "ticket link says the rest)")
+    return value
+
+
 def _set_and_wait(scope: str, state: str, reason: str, mode: str, wait: bool, timeout: float,
                   as_json: bool) -> None:
     from streams import admin
@@ -320,11 +331,13 @@ def _refuse_unknown_job(job: str) -> None:
 
 @main.command()
 @_scope_options
-@click.option("--reason", default="", help="Why: recorded with who and when.")
+@click.option("--reason", default="", callback=_short_reason,
+              help=f"Why: recorded with who and when (at most {MAX_REASON} characters).")
 @click.option("--now", is_flag=True, help="Abort the batch in flight (it is re-read after "
               "resume) instead of letting it finish and commit.")
 @click.option("--wait", is_flag=True, help="Return once every live worker has acknowledged.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to --wait.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to --wait.",
+              type=click.FloatRange(min=0, min_open=True))
 @click.option("--force", is_flag=True, help="Pause a --job no document was submitted to "
               "yet (it will come up paused); without it, an unknown job is refused as a "
               "likely typo.")
@@ -350,9 +363,11 @@ def pause(all_: bool, stage: str | None, job: str | None, reason: str, now: bool
 
 @main.command()
 @_scope_options
-@click.option("--reason", default="", help="Recorded with who and when.")
+@click.option("--reason", default="", callback=_short_reason,
+              help=f"Recorded with who and when (at most {MAX_REASON} characters).")
 @click.option("--wait", is_flag=True, help="Return once every live worker has acknowledged.")
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to --wait.")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to --wait.",
+              type=click.FloatRange(min=0, min_open=True))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def resume(all_: bool, stage: str | None, job: str | None, reason: str, wait: bool,
            timeout: float, as_json: bool) -> None:

@@ -175,7 +175,11 @@ def _scope_flag(scope: str) -> str:
 def _pause_on_interrupt(settings: Settings, bootstrap: str, job_id: str,
                         console: Console) -> JobInterrupted:
     console.print(f"\n[yellow]Ctrl-C: pausing job {job_id} (the batch in flight commits "
-                  "first)...")
+                  "first; another Ctrl-C is ignored)...")
+    # A second Ctrl-C must not cut the pause (or the workers' stop after it) short: it
+    # would exit without saying whether the pause holds or how to resume. `run` ends
+    # right after, so the handler is not put back.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     entry = ControlClient(settings, bootstrap).set_state(
         f"job:{job_id}", PAUSED, reason="Ctrl-C in docstreams run")
     report = wait_for_acks(settings, bootstrap, entry, timeout=30)

@@ -36,6 +36,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from confluent_kafka.admin import AdminClient
 
 from streams import inputs, names, records
 from streams.control import ControlView
@@ -66,6 +67,8 @@ STAGE_INDEX = {"submit": 0, "parse": 1, "extract": 2, "validate": 3, "route": 4,
 
 # How often an idle runner compares its positions with its committed offsets.
 POSITION_CHECK_S = 5.0
+# How often a runner asks whether its group still lists it (see MembershipWatch).
+MEMBERSHIP_CHECK_S = 15.0
 
 
 def seq_of(generation: int, stage: str, attempt: int) -> int:
@@ -116,6 +119,27 @@ class ConsumerFailed(RuntimeError):
     """The consumer reported a fatal error: run() drops it and connects anew."""
 
 
+@dataclass
+class MembershipWatch:
+    """Decides when a runner whose group no longer lists it rebuilds its consumer.
+
+    Seen once after a broker restart: a runner's consumer dropped out of its group and
+    never rejoined (7 minutes and counting) while its loop kept turning, so the group's
+    other members did all the work, or none was done if it was alone. A rejoin takes
+    seconds; absent at ``misses`` checks in a row (MEMBERSHIP_CHECK_S apart) means it
+    will not come back by itself. A check that cannot tell (the broker is away) counts
+    neither way."""
+
+    misses: int = 3
+    missed: int = 0
+
+    def observe(self, listed: bool | None) -> bool:
+        """Note one check; return whether to rebuild the consumer now."""
+        if listed is not None:
+            self.missed = 0 if listed else self.missed + 1
+        return self.missed >= self.misses
+
+
 # Client errors that mean a broker connection went away.
 _BROKER_LOST = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
 
@@ -160,6 +184,9 @@ class StageRunner:
         self.failures = 0
         self.position_fixes = 0
         self._next_position_check = 0.0
+        self.membership = MembershipWatch()
+        self._next_membership_check = 0.0
+        self._admin: AdminClient | None = None
         # Written by the runner thread only (at each idle position check), read by
         # describe(): a client call from another thread can block behind the runner's.
         self.last_positions: dict[str, int] = {}
@@ -176,6 +203,8 @@ class StageRunner:
     # -- lifecycle ------------------------------------------------------------------
     def _connect(self) -> None:
         self._consumer_fatal = None
+        self.membership = MembershipWatch()
+        self._next_membership_check = time.monotonic() + MEMBERSHIP_CHECK_S
         self._rebuild_producer()
         self.exec_producer = idempotent_producer(self.settings, self.bootstrap)
         self.consumer = Consumer(consumer_config(
@@ -345,6 +374,7 @@ class StageRunner:
             reason, self._consumer_fatal = self._consumer_fatal, None
             raise ConsumerFailed(f"{self.stage.name} consumer failed for good ({reason}); "
                                  "rebuilding the clients")
+        self._check_membership()
         self._converge()
         if self.gate.stage_paused:
             self._hold()
@@ -431,6 +461,31 @@ class StageRunner:
             # (auto.offset.reset=earliest), not from where this client last stood.
             offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+
+    def _check_membership(self) -> None:
+        """Every MEMBERSHIP_CHECK_S, ask the group coordinator whether it lists this
+        runner; rebuild the clients when MembershipWatch says so."""
+        now = time.monotonic()
+        if now < self._next_membership_check:
+            return
+        self._next_membership_check = now + MEMBERSHIP_CHECK_S
+        if self.membership.observe(self._listed_in_group()):
+            raise ConsumerFailed(f"{self.stage.name}: the group has not listed this worker "
+                                 f"for {self.membership.misses} checks in a row; rebuilding "
+                                 "the clients to rejoin")
+
+    def _listed_in_group(self) -> bool | None:
+        group = names.group_id(self.prefix, self.stage.name)
+        instance = f"{self.stage.name}.{self.worker_id}"
+        try:
+            if self._admin is None:
+                self._admin = AdminClient(self.settings.kafka_common(self.bootstrap))
+            desc = self._admin.describe_consumer_groups([group], request_timeout=5)[group]
+            members = desc.result(timeout=10).members
+        except Exception as exc:  # noqa: BLE001 - cannot tell; the next check may
+            log.debug("%s: membership check skipped: %s", self.stage.name, exc)
+            return None
+        return any(m.group_instance_id == instance for m in members)
 
     def _wake_fetchers(self, assignment: list[TopicPartition]) -> None:
         """Make the first fetch after a resume start now, not up to a second later.
