@@ -111,8 +111,11 @@ def low_watermark(consumer: Consumer, tp: TopicPartition, timeout: float = 30.0)
     return watermarks(consumer, tp, timeout)[0]
 
 
+# _UNKNOWN_PARTITION: the client's metadata does not have the partition yet (a new
+# topic, or just after a broker restart: seen in CI right after one).
 _LEADER_CODES = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                 KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT}
+                 KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TRANSPORT,
+                 KafkaError._UNKNOWN_PARTITION}
 
 
 class ClientStuck(RuntimeError):

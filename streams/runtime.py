@@ -523,7 +523,9 @@ class StageRunner:
         position is past its committed offset is re-read from the committed offset, once
         per committed offset: markers alone deliver nothing; skipped records come back,
         are processed, and are reported (:meth:`_note_reread`). Checked at most every
-        POSITION_CHECK_S seconds, only while idle."""
+        POSITION_CHECK_S seconds, only while idle. A skip followed by more records on the
+        same partition is not caught: those records are processed and committed past it,
+        and the gap looks like the markers of aborted transactions."""
         assert self.consumer is not None
         now = time.monotonic()
         if now < self._next_position_check:
@@ -548,7 +550,12 @@ class StageRunner:
             if want < 0 <= tp.offset:
                 # Nothing committed yet: the partition should still stand at its start.
                 want = low_watermark(self.consumer, TopicPartition(tp.topic, tp.partition))
-            if tp.offset < 0 or tp.offset <= want or self._reread.get(key, (-1, 0))[0] == want:
+            # Once per (committed offset, position): a re-read that found only markers
+            # must not stop the next one, when the position moves on again with nothing
+            # committed (records taken behind the runner's back after the first).
+            before = self._reread.get(key)
+            if tp.offset < 0 or tp.offset <= want or (
+                    before is not None and before[0] == want and tp.offset <= before[1]):
                 continue
             self._reread[key] = (want, tp.offset)
             log.debug("%s: %s[%d] idle at %d, committed %d: re-reading from %d",
