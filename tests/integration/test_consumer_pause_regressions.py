@@ -372,6 +372,27 @@ def test_runner_now_pause_seeks_the_batch_in_flight_back_and_rereads_it_after_re
     assert {k for k, n in executions.items() if n == 2} == {k for k, _, _ in aborted}
 
 
+def a_paused_then_b_joins(s: Settings, bootstrap: str, runners: list[Any], first: int
+                          ) -> tuple[Control, StageRunner, NotingStage, StageRunner,
+                                     NotingStage, threading.Thread]:
+    """Runner a processes ``first`` records, is paused; then runner b starts (and joins
+    the group while it is paused), each on a thread of its own."""
+    control = Control()
+    stage_a, stage_b = NotingStage(pace_s=0.05), NotingStage(pace_s=0.05)
+    a = runner(s, bootstrap, stage_a, control, "a")
+    thread_a = threading.Thread(target=a.run, daemon=True)
+    runners.append((a, thread_a))
+    thread_a.start()
+    wait(lambda: len(stage_a.processed()) >= first, what="a works")
+    control.set("all", PAUSED)
+    wait(lambda: a.gate.stage_paused and not a.gate.unacked(control.desired()), what="a paused")
+    b = runner(s, bootstrap, stage_b, control, "b")
+    thread_b = threading.Thread(target=b.run, daemon=True)
+    runners.append((b, thread_b))
+    thread_b.start()
+    return control, a, stage_a, b, stage_b, thread_b
+
+
 def test_runner_partition_returning_after_a_rebalance_during_a_pause_continues_from_committed(
         settings, bootstrap, runners, caplog):
     """Two runners share a stage. While paused, the second joins (and comes up
@@ -382,20 +403,7 @@ def test_runner_partition_returning_after_a_rebalance_during_a_pause_continues_f
     caplog.set_level(logging.ERROR, logger="docstreams.runtime")
     s = settings.replace(batch_max_docs=5)
     docs = submit(s, bootstrap, "moves", 240)
-    control = Control()
-    stage_a, stage_b = NotingStage(pace_s=0.05), NotingStage(pace_s=0.05)
-    a = runner(s, bootstrap, stage_a, control, "a")
-    thread_a = threading.Thread(target=a.run, daemon=True)
-    runners.append((a, thread_a))
-    thread_a.start()
-    wait(lambda: len(stage_a.processed()) >= 30, what="a works")
-
-    control.set("all", PAUSED)
-    wait(lambda: a.gate.stage_paused and not a.gate.unacked(control.desired()), what="a paused")
-    b = runner(s, bootstrap, stage_b, control, "b")
-    thread_b = threading.Thread(target=b.run, daemon=True)
-    runners.append((b, thread_b))
-    thread_b.start()
+    control, a, stage_a, b, stage_b, thread_b = a_paused_then_b_joins(s, bootstrap, runners, 30)
     # (The runners' consumers are left to their own threads: a call from another thread
     # waits on the one in progress. Their open state stores name their partitions.)
     wait(lambda: len(parts_of(b)) > 0, what="b takes partitions")
@@ -445,20 +453,7 @@ def test_runner_partition_lost_while_paused_and_returned_after_the_resume_is_fet
     caplog.set_level(logging.ERROR, logger="docstreams.runtime")
     s = settings.replace(batch_max_docs=5)
     docs = submit(s, bootstrap, "lost", 240)
-    control = Control()
-    stage_a, stage_b = NotingStage(pace_s=0.05), NotingStage(pace_s=0.05)
-    a = runner(s, bootstrap, stage_a, control, "a")
-    thread_a = threading.Thread(target=a.run, daemon=True)
-    runners.append((a, thread_a))
-    thread_a.start()
-    wait(lambda: len(stage_a.processed()) >= 20, what="a works")
-
-    control.set("all", PAUSED)
-    wait(lambda: a.gate.stage_paused and not a.gate.unacked(control.desired()), what="a paused")
-    b = runner(s, bootstrap, stage_b, control, "b")
-    thread_b = threading.Thread(target=b.run, daemon=True)
-    runners.append((b, thread_b))
-    thread_b.start()
+    control, a, stage_a, b, stage_b, thread_b = a_paused_then_b_joins(s, bootstrap, runners, 20)
     wait(lambda: len(parts_of(b)) > 0 and b.gate.stage_paused, what="b takes partitions")
     b_parts = parts_of(b)
 
