@@ -464,8 +464,16 @@ def test_runner_partition_lost_while_paused_and_returned_after_the_resume_is_fet
     wait(lambda: parts_of(a) >= b_parts, timeout=60, what="b's partitions back with a")
     back_at = len(stage_a.processed())
 
-    wait(lambda: len(noted(s, bootstrap)) >= len(docs), timeout=90,
-         what=f"all processed (a holds {sorted(parts_of(a))}, b had {sorted(b_parts)})")
+    def stuck() -> str:
+        offsets = committed(s, bootstrap, ["parse"])["parse"]
+        ends: Counter[int] = Counter(p for p, *_ in read_located(s, bootstrap, names.SUBMITTED))
+        return (f"a holds {sorted(parts_of(a))}, b had {sorted(b_parts)}; records per "
+                f"partition {dict(ends)}; committed {offsets}; a: {a.describe()}")
+
+    try:
+        wait(lambda: len(noted(s, bootstrap)) >= len(docs), timeout=90, what="all processed")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {stuck()}") from None
     processed = Counter((p, o) for _, p, o in stage_a.processed() + stage_b.processed())
     assert set(processed.values()) == {1}, "a record was processed twice"
     assert {p for _, p, _ in stage_a.processed()[back_at:]} & b_parts, \
