@@ -201,6 +201,11 @@ class StageRunner:
         self._reread: dict[tuple[str, int], tuple[int, int]] = {}
 
     # -- lifecycle ------------------------------------------------------------------
+    @property
+    def instance_id(self) -> str:
+        """The consumer's static group member id (admin.live_members reads it back)."""
+        return f"{self.stage.name}.{self.worker_id}"
+
     def _connect(self) -> None:
         self._consumer_fatal = None
         self.membership = MembershipWatch()
@@ -209,7 +214,7 @@ class StageRunner:
         self.exec_producer = idempotent_producer(self.settings, self.bootstrap)
         self.consumer = Consumer(consumer_config(
             self.settings, self.bootstrap, names.group_id(self.prefix, self.stage.name),
-            **{"group.instance.id": f"{self.stage.name}.{self.worker_id}",
+            **{"group.instance.id": self.instance_id,
                "client.id": f"docstreams.{self.stage.name}.{self.worker_id}",
                "error_cb": self._on_client_error},
         ))
@@ -476,7 +481,6 @@ class StageRunner:
 
     def _listed_in_group(self) -> bool | None:
         group = names.group_id(self.prefix, self.stage.name)
-        instance = f"{self.stage.name}.{self.worker_id}"
         try:
             if self._admin is None:
                 self._admin = AdminClient(self.settings.kafka_common(self.bootstrap))
@@ -485,7 +489,7 @@ class StageRunner:
         except Exception as exc:  # noqa: BLE001 - cannot tell; the next check may
             log.debug("%s: membership check skipped: %s", self.stage.name, exc)
             return None
-        return any(m.group_instance_id == instance for m in members)
+        return any(m.group_instance_id == self.instance_id for m in members)
 
     def _wake_fetchers(self, assignment: list[TopicPartition]) -> None:
         """Make the first fetch after a resume start now, not up to a second later.
@@ -521,7 +525,7 @@ class StageRunner:
         or past it only by transaction markers (which advance the position but are never
         delivered). The two cannot be told apart from offsets, so an idle partition whose
         position is past its committed offset is re-read from the committed offset, once
-        per committed offset: markers alone deliver nothing; skipped records come back,
+        per committed offset and position: markers alone deliver nothing; skipped records come back,
         are processed, and are reported (:meth:`_note_reread`). Checked at most every
         POSITION_CHECK_S seconds, only while idle. A skip followed by more records on the
         same partition is not caught: those records are processed and committed past it,
