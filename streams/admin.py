@@ -258,13 +258,17 @@ def paused_with_warnings(settings: Settings, bootstrap: str,
                          paused: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each paused scope with its age and, near the retention of a topic it holds back,
     a warning."""
+    from streams.control import paused_since
     from streams.pausing import retention_warning
 
     now = int(time.time() * 1000)
     out = []
     for entry in paused:
+        # Counted from the start of the pause, not from a later pause of the same scope:
+        # the records held back have waited since then.
+        began = paused_since(entry)
         retention = retention_ms(settings, bootstrap, affected_stages(entry["scope"]))
-        warning = retention_warning(entry["at_ms"], retention, now) if retention else None
-        out.append({**entry, "age_s": round((now - entry["at_ms"]) / 1000, 1),
+        warning = retention_warning(began, retention, now) if retention else None
+        out.append({**entry, "paused_since_ms": began, "age_s": round((now - began) / 1000, 1),
                     "retention_ms": retention, "warning": warning})
     return out

@@ -172,9 +172,15 @@ def _print_status(snap: dict[str, Any]) -> None:
 def _print_control(paused: list[dict[str, Any]], acks: list[dict[str, Any]]) -> None:
     import datetime as dt
 
+    from streams.control import paused_since
+
+    def iso(ms: int) -> str:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds")
+
     for p in paused:
-        since = dt.datetime.fromtimestamp(p["at_ms"] / 1000, dt.UTC).isoformat(timespec="seconds")
-        console.print(f"[yellow]paused[/] {p['scope']} by {p['by']} since {since}"
+        began = paused_since(p)
+        again = f", paused again at {iso(p['at_ms'])}" if began != p["at_ms"] else ""
+        console.print(f"[yellow]paused[/] {p['scope']} by {p['by']} since {iso(began)}{again}"
                       + (f": {p['reason']}" if p["reason"] else "") + f" (mode {p['mode']})")
         if p.get("warning"):
             console.print(f"  [red]warning:[/] {p['warning']}")
@@ -260,7 +266,7 @@ def _short_reason(ctx: click.Context, param: click.Parameter, value: str) -> str
 def _set_and_wait(scope: str, state: str, reason: str, mode: str, wait: bool, timeout: float,
                   as_json: bool) -> None:
     from streams import admin
-    from streams.control import PAUSED, ControlClient
+    from streams.control import PAUSED, ControlClient, ControlView
     from streams.topics import check_reachable
     from streams.worker import ensure_pipeline_topics
 
@@ -268,7 +274,15 @@ def _set_and_wait(scope: str, state: str, reason: str, mode: str, wait: bool, ti
     bootstrap = local_broker.resolve_bootstrap(settings, start=False)
     check_reachable(settings, bootstrap)
     ensure_pipeline_topics(settings, bootstrap)  # a command may come before any job
-    entry = ControlClient(settings, bootstrap).set_state(scope, state, reason=reason, mode=mode)
+    since = None
+    if state == PAUSED:  # pausing a paused scope again keeps the age of its pause
+        view = ControlView(settings, bootstrap)
+        try:
+            since = view.load_to_end().paused_since(scope)
+        finally:
+            view.close()
+    entry = ControlClient(settings, bootstrap).set_state(scope, state, reason=reason, mode=mode,
+                                                         paused_since_ms=since)
     out: dict[str, Any] = {"command": entry}
     if wait:
         report = admin.wait_for_acks(settings, bootstrap, entry, timeout)
@@ -351,6 +365,7 @@ def pause(all_: bool, stage: str | None, job: str | None, reason: str, now: bool
     By default the batch in flight finishes and commits first (drain). A paused job's
     records are parked and other jobs keep flowing. With --wait, returns when it is safe:
     every live worker has acknowledged with its committed offsets (exit 3 if not in time).
+    Pausing a paused scope again updates who and why; the pause keeps its start time.
     """
     from streams.control import PAUSED, scope_key
 

@@ -45,6 +45,12 @@ def default_actor() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
 
 
+def paused_since(entry: dict[str, Any]) -> int:
+    """When the pause ``entry`` belongs to began: the first of an unbroken run of pauses
+    of its scope (what the retention guardrail counts from), not the latest command."""
+    return entry.get("paused_since_ms") or entry["at_ms"]
+
+
 @dataclass(frozen=True)
 class Desired:
     """The desired state as of some point of the control topic: scope -> ControlState."""
@@ -67,6 +73,14 @@ class Desired:
     def paused(self) -> list[dict[str, Any]]:
         return sorted((e for e in self.entries.values() if e["state"] == PAUSED),
                       key=lambda e: e["at_ms"])
+
+    def paused_since(self, scope: str) -> int | None:
+        """Since when ``scope`` has been paused without a break, or None if it is not
+        paused (an entry written before ``paused_since_ms`` existed: its own time)."""
+        entry = self.entries.get(scope)
+        if not entry or entry["state"] != PAUSED:
+            return None
+        return paused_since(entry)
 
     def applies_to(self, entry: dict[str, Any], stage: str) -> bool:
         scope = entry["scope"]
@@ -161,9 +175,14 @@ class ControlClient:
             settings, bootstrap, f"{settings.topic_prefix}docstreams.control.{uuid.uuid4().hex}")
 
     def set_state(self, scope: str, state: str, *, reason: str = "", mode: str = "drain",
-                  by: str | None = None) -> dict[str, Any]:
+                  by: str | None = None, paused_since_ms: int | None = None) -> dict[str, Any]:
+        """Write ``state`` for ``scope``. A pause of a scope that is already paused passes
+        the running pause's start as ``paused_since_ms`` (Desired.paused_since), so that
+        who and why are updated but the age the retention warning counts is not reset."""
+        at_ms = int(time.time() * 1000)
         entry = {"command_id": uuid.uuid4().hex, "scope": scope, "state": state, "mode": mode,
-                 "by": by or default_actor(), "reason": reason, "at_ms": int(time.time() * 1000)}
+                 "by": by or default_actor(), "reason": reason, "at_ms": at_ms,
+                 "paused_since_ms": (paused_since_ms or at_ms) if state == PAUSED else None}
         job = scope[4:] if scope.startswith("job:") else None
         event = {"event_id": uuid.uuid4().hex, "subject": f"control:{scope}", "job_id": job,
                  "seq": 0, "stage": "control", "transition": state,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -372,14 +372,16 @@ def test_runner_now_pause_seeks_the_batch_in_flight_back_and_rereads_it_after_re
     assert {k for k, n in executions.items() if n == 2} == {k for k, _, _ in aborted}
 
 
-def a_paused_then_b_joins(s: Settings, bootstrap: str, runners: list[Any], first: int
+def a_paused_then_b_joins(s: Settings, bootstrap: str, runners: list[Any], first: int,
+                          client_log: ClientLog | None = None,
                           ) -> tuple[Control, StageRunner, NotingStage, StageRunner,
                                      NotingStage, threading.Thread]:
     """Runner a processes ``first`` records, is paused; then runner b starts (and joins
-    the group while it is paused), each on a thread of its own."""
+    the group while it is paused), each on a thread of its own. ``client_log`` keeps
+    the librdkafka debug log of a's clients."""
     control = Control()
     stage_a, stage_b = NotingStage(pace_s=0.05), NotingStage(pace_s=0.05)
-    a = runner(s, bootstrap, stage_a, control, "a")
+    a = runner(client_log.attach(s) if client_log else s, bootstrap, stage_a, control, "a")
     thread_a = threading.Thread(target=a.run, daemon=True)
     runners.append((a, thread_a))
     thread_a.start()
@@ -393,6 +395,51 @@ def a_paused_then_b_joins(s: Settings, bootstrap: str, runners: list[Any], first
     return control, a, stage_a, b, stage_b, thread_b
 
 
+class ClientLog:
+    """The librdkafka debug log (group, topic and fetch events) of one runner's
+    clients, kept in memory for the report of a test that times out. (The client calls
+    ``log(level, format, *args)`` on the object given as its ``logger``.)"""
+
+    def __init__(self, keep: int = 80_000) -> None:
+        self.lines: deque[str] = deque(maxlen=keep)
+
+    def log(self, _level: int, fmt: str, *args: Any) -> None:
+        self.lines.append(f"{time.time():.3f} {fmt % args}")
+
+    def attach(self, s: Settings) -> Settings:
+        return s.replace(kafka_extra={**s.kafka_extra, "debug": "cgrp,topic,fetch",
+                                      "log_level": 7, "logger": self})
+
+    def about(self, topic: str, partitions: set[int], last: int = 80) -> str:
+        marks = [f"{topic} [{p}]" for p in sorted(partitions)]
+        hits = [line for line in list(self.lines) if any(m in line for m in marks)]
+        return "\n".join(hits[-last:])
+
+
+def stall_report(s: Settings, bootstrap: str, a: StageRunner, stages: list[NotingStage],
+                 returned: set[int], client_log: ClientLog) -> str:
+    """Where a test that waited for every record stands: per input partition, its
+    records, the group's committed offset and what the runners processed; runner a's
+    state; and a's client log about the partitions that came back to it."""
+    out = [f"a holds {sorted(parts_of(a))}, {sorted(returned)} came back to it"]
+    try:
+        out.append(f"noted {len(noted(s, bootstrap))}")
+    except TimeoutError as exc:  # an open transaction holds the events topic back
+        out.append(f"events not readable to the end: {exc}")
+    offsets = committed(s, bootstrap, ["parse"])["parse"]
+    located = read_located(s, bootstrap, names.SUBMITTED)
+    done = Counter(p for stage in stages for _, p, _ in stage.processed())
+    for part in sorted({p for p, *_ in located}):
+        mine = [o for p, o, *_ in located if p == part]
+        out.append(f"submitted[{part}]: {len(mine)} records, last at {max(mine)}, committed "
+                   f"{offsets.get((names.SUBMITTED, part))}, processed {done[part]}")
+    out.append(f"a: {a.describe()}")
+    topic = names.topic(s.topic_prefix, names.SUBMITTED)
+    out.append(f"a's client log about {topic} {sorted(returned)}:\n"
+               + client_log.about(topic, returned))
+    return "\n".join(out)
+
+
 def test_runner_partition_returning_after_a_rebalance_during_a_pause_continues_from_committed(
         settings, bootstrap, runners, caplog):
     """Two runners share a stage. While paused, the second joins (and comes up
@@ -403,7 +450,9 @@ def test_runner_partition_returning_after_a_rebalance_during_a_pause_continues_f
     caplog.set_level(logging.ERROR, logger="docstreams.runtime")
     s = settings.replace(batch_max_docs=5)
     docs = submit(s, bootstrap, "moves", 240)
-    control, a, stage_a, b, stage_b, thread_b = a_paused_then_b_joins(s, bootstrap, runners, 30)
+    client_log = ClientLog()
+    control, a, stage_a, b, stage_b, thread_b = a_paused_then_b_joins(s, bootstrap, runners, 30,
+                                                                      client_log)
     # (The runners' consumers are left to their own threads: a call from another thread
     # waits on the one in progress. Their open state stores name their partitions.)
     wait(lambda: len(parts_of(b)) > 0, what="b takes partitions")
@@ -425,8 +474,12 @@ def test_runner_partition_returning_after_a_rebalance_during_a_pause_continues_f
     assert {p for _, p, _ in stage_b.processed()} <= b_parts
 
     control.set("all", RESUMED)
-    wait(lambda: len(stage_a.processed()) + len(stage_b.processed()) >= len(docs)
-         and len(noted(s, bootstrap)) >= len(docs), timeout=90, what="all processed")
+    try:
+        wait(lambda: len(stage_a.processed()) + len(stage_b.processed()) >= len(docs)
+             and len(noted(s, bootstrap)) >= len(docs), timeout=90, what="all processed")
+    except AssertionError as exc:
+        report = stall_report(s, bootstrap, a, [stage_a, stage_b], b_parts, client_log)
+        raise AssertionError(f"{exc}:\n{report}") from None
     processed = Counter((p, o) for _, p, o in stage_a.processed() + stage_b.processed())
     assert set(processed.values()) == {1}, "a record was processed twice"
     assert len(processed) == len(docs)
@@ -453,7 +506,9 @@ def test_runner_partition_lost_while_paused_and_returned_after_the_resume_is_fet
     caplog.set_level(logging.ERROR, logger="docstreams.runtime")
     s = settings.replace(batch_max_docs=5)
     docs = submit(s, bootstrap, "lost", 240)
-    control, a, stage_a, b, stage_b, thread_b = a_paused_then_b_joins(s, bootstrap, runners, 20)
+    client_log = ClientLog()
+    control, a, stage_a, b, stage_b, thread_b = a_paused_then_b_joins(s, bootstrap, runners, 20,
+                                                                      client_log)
     wait(lambda: len(parts_of(b)) > 0 and b.gate.stage_paused, what="b takes partitions")
     b_parts = parts_of(b)
 
@@ -464,16 +519,11 @@ def test_runner_partition_lost_while_paused_and_returned_after_the_resume_is_fet
     wait(lambda: parts_of(a) >= b_parts, timeout=60, what="b's partitions back with a")
     back_at = len(stage_a.processed())
 
-    def stuck() -> str:
-        offsets = committed(s, bootstrap, ["parse"])["parse"]
-        ends: Counter[int] = Counter(p for p, *_ in read_located(s, bootstrap, names.SUBMITTED))
-        return (f"a holds {sorted(parts_of(a))}, b had {sorted(b_parts)}; records per "
-                f"partition {dict(ends)}; committed {offsets}; a: {a.describe()}")
-
     try:
         wait(lambda: len(noted(s, bootstrap)) >= len(docs), timeout=90, what="all processed")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}: {stuck()}") from None
+        report = stall_report(s, bootstrap, a, [stage_a, stage_b], b_parts, client_log)
+        raise AssertionError(f"{exc}:\n{report}") from None
     processed = Counter((p, o) for _, p, o in stage_a.processed() + stage_b.processed())
     assert set(processed.values()) == {1}, "a record was processed twice"
     assert {p for _, p, _ in stage_a.processed()[back_at:]} & b_parts, \

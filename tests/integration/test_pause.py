@@ -147,9 +147,16 @@ def test_pause_one_job_parks_it_while_another_job_on_its_partitions_completes(
             assert again["parked"] == {job: len(audit.transitions(job, "parked"))}
             status = cli(s, bootstrap, "status", "--job", job)
             assert [p["scope"] for p in status["paused"]] == [f"job:{job}"]
+            # The second pause says who and why anew, but the pause (and the retention
+            # clock of what it holds back) still dates from the first.
+            began = out["command"]["at_ms"]
+            assert again["command"]["at_ms"] > began
+            assert again["command"]["paused_since_ms"] == began
+            assert status["paused"][0]["paused_since_ms"] == began
+            assert status["paused"][0]["command_id"] == again["command"]["command_id"]
 
             resumed = cli(s, bootstrap, "resume", "--job", job, "--wait")
-            assert resumed["acknowledged"]
+            assert resumed["acknowledged"] and resumed["command"]["paused_since_ms"] is None
             audit.wait_complete(job, DOCS)
         assert_exactly_once(s, bootstrap, audit, job, docs)
         assert_exactly_once(s, bootstrap, audit, other, others)

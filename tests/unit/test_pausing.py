@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from streams.control import PAUSED, RESUMED, Desired, scope_key
+from streams.control import PAUSED, RESUMED, Desired, paused_since, scope_key
 from streams.errors import DocstreamsError
 from streams.names import STAGES
 from streams.pausing import PauseGate, retention_warning
@@ -108,6 +108,25 @@ def test_latest_entry_of_a_scope_wins_like_a_compacted_topic() -> None:
     assert again.version == 3 and again.stage_pause("sink") is not None
     assert d.stage_pause("sink") is None  # the earlier snapshot is unchanged
     assert set(again.entries) == {"all"}
+
+
+def test_a_pause_of_a_paused_scope_keeps_since_when_it_has_been_paused() -> None:
+    first = {**entry("job:a", at_ms=1000), "paused_since_ms": 1000}
+    d = desired(first)
+    assert d.paused_since("job:a") == 1000 and d.paused_since("job:b") is None
+    # `pause` passes that along when it pauses the scope again (new who, why, command)
+    again = {**entry("job:a", at_ms=9000), "by": "oncall", "paused_since_ms": d.paused_since("job:a")}
+    d = d.with_entry(again)
+    assert d.paused_since("job:a") == 1000 and paused_since(d.paused()[0]) == 1000
+    assert d.entries["job:a"]["by"] == "oncall"
+    # after a resume the next pause starts a new clock
+    d = d.with_entry({**entry("job:a", RESUMED, at_ms=9500), "paused_since_ms": None})
+    assert d.paused_since("job:a") is None
+
+
+def test_paused_since_of_an_entry_written_before_the_field_is_its_own_time() -> None:
+    assert paused_since(entry("all", at_ms=42)) == 42
+    assert paused_since({**entry("all", at_ms=42), "paused_since_ms": None}) == 42
 
 
 def test_resumed_stage_with_all_still_paused_stays_paused() -> None:
