@@ -57,8 +57,9 @@ from streams.outcomes import DeadLetter, Emit, Note, Retry, StageResult
 from streams.pausing import PauseGate
 from streams.settings import Settings
 from streams.state import Batch, PartitionStore, StatePort
+from streams.watches import FetchStallWatch, MembershipWatch
 
-__all__ = ["InputRecord", "Stage", "StageRunner", "doc_of", "process_each"]
+__all__ = ["InputRecord", "MembershipWatch", "Stage", "StageRunner", "doc_of", "process_each"]
 
 log = logging.getLogger("docstreams.runtime")
 
@@ -119,27 +120,6 @@ class ConsumerFailed(RuntimeError):
     """The consumer reported a fatal error: run() drops it and connects anew."""
 
 
-@dataclass
-class MembershipWatch:
-    """Decides when a runner whose group no longer lists it rebuilds its consumer.
-
-    Seen once after a broker restart: a runner's consumer dropped out of its group and
-    never rejoined (7 minutes and counting) while its loop kept turning, so the group's
-    other members did all the work, or none was done if it was alone. A rejoin takes
-    seconds; absent at ``misses`` checks in a row (MEMBERSHIP_CHECK_S apart) means it
-    will not come back by itself. A check that cannot tell (the broker is away) counts
-    neither way."""
-
-    misses: int = 3
-    missed: int = 0
-
-    def observe(self, listed: bool | None) -> bool:
-        """Note one check; return whether to rebuild the consumer now."""
-        if listed is not None:
-            self.missed = 0 if listed else self.missed + 1
-        return self.missed >= self.misses
-
-
 # Client errors that mean a broker connection went away.
 _BROKER_LOST = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
 
@@ -183,6 +163,8 @@ class StageRunner:
         self.last_loop_at = time.monotonic()
         self.failures = 0
         self.position_fixes = 0
+        self.fetch_restarts = 0
+        self.stalls = FetchStallWatch()
         self._next_position_check = 0.0
         self.membership = MembershipWatch()
         self._next_membership_check = 0.0
@@ -283,7 +265,8 @@ class StageRunner:
             "stage": self.stage.name, "worker": self.worker_id,
             "stage_paused": self.gate.stage_paused, "paused_jobs": sorted(self.gate.paused_jobs),
             "commits": self.commits, "aborts": self.aborts, "failures": self.failures,
-            "position_fixes": self.position_fixes, "producer_refreshes": self.producer_refreshes,
+            "position_fixes": self.position_fixes, "fetch_restarts": self.fetch_restarts,
+            "producer_refreshes": self.producer_refreshes,
             "loop_idle_s": round(time.monotonic() - self.last_loop_at, 1),
             "positions": dict(self.last_positions),
         }
@@ -324,6 +307,7 @@ class StageRunner:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._reread.pop((tp.topic, tp.partition), None)
+            self.stalls.forget((tp.topic, tp.partition))
             store = self.stores.pop((tp.topic[len(self.prefix):], tp.partition), None)
             if store is not None:
                 store.close()
@@ -557,6 +541,8 @@ class StageRunner:
             # Once per (committed offset, position): a re-read that found only markers
             # must not stop the next one, when the position moves on again with nothing
             # committed (records taken behind the runner's back after the first).
+            if self._restarted_fetch(tp, want, now):
+                continue
             before = self._reread.get(key)
             if tp.offset < 0 or tp.offset <= want or (
                     before is not None and before[0] == want and tp.offset <= before[1]):
@@ -565,6 +551,41 @@ class StageRunner:
             log.debug("%s: %s[%d] idle at %d, committed %d: re-reading from %d",
                       self.stage.name, tp.topic, tp.partition, tp.offset, want, want)
             self.consumer.seek(TopicPartition(tp.topic, tp.partition, want))
+
+    def _restarted_fetch(self, position: TopicPartition, committed: int, now: float) -> bool:
+        """Restart the fetch of an idle partition that stands still while committed
+        records wait past it (see FetchStallWatch): resume it (a pause flag the runner
+        did not set here) and seek it to its committed offset. Both are harmless on a
+        partition that was fetching: it is idle and everything it delivered is committed.
+        Return whether it did."""
+        assert self.consumer is not None
+        key = (position.topic, position.partition)
+        if not self.stalls.observe(key, position.offset, now):
+            return False
+        tp = TopicPartition(position.topic, position.partition)
+        try:
+            low, end = self.consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+        except KafkaException as exc:
+            log.info("%s: fetch check of %s[%d] skipped: %s", self.stage.name, tp.topic,
+                     tp.partition, exc)
+            return False
+        start = committed if committed >= 0 else low
+        if not FetchStallWatch.stalled(position.offset, start, end):
+            return False
+        self.fetch_restarts += 1
+        self.stalls.forget(key)
+        log.warning("%s: %s[%d] not fetched for %.0fs with committed records to read "
+                    "(position %d, committed %d, last stable offset %d); restarting its "
+                    "fetch from %d", self.stage.name, tp.topic, tp.partition,
+                    self.stalls.after_s, position.offset, committed, end, start)
+        try:
+            self.consumer.resume([tp])
+            self.consumer.seek(TopicPartition(tp.topic, tp.partition, start))
+        except KafkaException as exc:  # a fetcher the client will not restart
+            raise ConsumerFailed(f"{self.stage.name}: restarting the fetch of {tp.topic}"
+                                 f"[{tp.partition}] failed ({exc}); rebuilding the clients"
+                                 ) from exc
+        return True
 
     def _note_reread(self, messages: list[Message]) -> None:
         """A record delivered below the position seen before a re-read was skipped by

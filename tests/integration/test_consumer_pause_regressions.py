@@ -581,8 +581,39 @@ def test_runner_idle_position_past_its_committed_offset_is_sought_back(
     assert {m.key().decode() for m in skipped} <= {k for k, _, _ in stage.processed()}
 
 
-def submit_more(settings: Settings, bootstrap: str, count: int) -> list[str]:
+def submit_more(settings: Settings, bootstrap: str, count: int, job: str = "skip") -> list[str]:
     with Publisher(settings, bootstrap) as pub:
         done = pub.publish_many([(f"more {i}".encode(), f"more/{i}.pdf", None)
-                                 for i in range(count)], job_id="skip")
+                                 for i in range(count)], job_id=job)
     return [p.doc_id for p in done]
+
+
+def test_runner_partition_not_fetched_while_the_stage_runs_gets_its_fetch_restarted(
+        settings, bootstrap, runners, caplog):
+    """The signature of a partition left unfetched by the client (a pause flag kept
+    from before a rebalance, say): the stage runs, the partition is assigned, records
+    wait on it, and nothing is fetched. Simulated by pausing one partition on the
+    consumer behind the runner's back. The idle runner restarts that partition's fetch
+    from its committed offset, and every record is processed once."""
+    caplog.set_level(logging.ERROR, logger="docstreams.runtime")
+    s = settings.replace(batch_max_docs=5)
+    docs = submit(s, bootstrap, "stall", 12)
+    stage = NotingStage()
+    r = runner(s, bootstrap, stage, Control(), "w1")
+    runners.append((r, None))
+    r._connect()
+    step(r, lambda: len(stage.processed()) == len(docs), what="the first documents")
+    assert r.consumer is not None
+    topic = names.topic(s.topic_prefix, names.SUBMITTED)
+    stuck = TopicPartition(topic, 0)
+    r.consumer.pause([stuck])  # the "client bug": a flag the runner did not set
+    docs += submit_more(s, bootstrap, 24, job="stall")
+    on_stuck = [o for p, o, *_ in read_located(s, bootstrap, names.SUBMITTED) if p == 0]
+    assert max(on_stuck) >= committed(s, bootstrap, ["parse"])["parse"][(names.SUBMITTED, 0)], \
+        "no new record landed on the paused partition"
+    step(r, lambda: len(noted(s, bootstrap)) == len(docs), timeout=60,
+         what="the records of the unfetched partition, after its fetch restart")
+    counts = noted(s, bootstrap)
+    assert set(counts) == set(docs) and set(counts.values()) == {1}
+    assert r.fetch_restarts >= 1
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
