@@ -1,0 +1,96 @@
+"""Ctrl-C in ``docstreams run`` is a safe pause of its job; running it again resumes it.
+
+``run`` is started as a user would start it from a terminal (a process group of its
+own, its workers in theirs), interrupted with SIGINT to its group mid-job, then run
+again. Asserted on the broker: the job's pause in the control topic and the audit log,
+the exit code and message, and that the second run finishes every document with
+executions equal to documents at every stage (the drained batch is not redone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+from streams import names
+from streams.control import PAUSED, RESUMED, ControlView
+from tests.corpus import CORPUS
+from tests.integration.pause_support import read_all
+from tests.integration.pipeline import REPO, settings_env
+
+JOB = "ctrlc"
+
+
+def _run(settings, bootstrap) -> subprocess.Popen[str]:
+    folders = [str(CORPUS / "real"), str(CORPUS / "bad")]
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams", "run", *folders, "--job", JOB,
+         "--passwords", str(REPO / "samples" / "passwords.json"), "--json"],
+        env={**settings_env(settings, bootstrap), "COLUMNS": "200"}, cwd=REPO, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        start_new_session=True)  # its own group, as a terminal's foreground job
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"docstreams run still running after {timeout}s:\n{err[-3000:]}"
+                             ) from None
+    return proc.returncode, out, err
+
+
+def _executions(settings, bootstrap) -> Counter[str]:
+    return Counter(r["stage"] for _, _, r in read_all(settings, bootstrap, names.EXECUTIONS))
+
+
+def test_ctrl_c_in_run_pauses_the_job_and_running_it_again_finishes_it_without_rework(
+        settings, bootstrap):
+    assert (CORPUS / "real").is_dir(), f"corpus not found at {CORPUS}"
+    first = _run(settings, bootstrap)
+    deadline = time.monotonic() + 120
+    while _executions(settings, bootstrap)["parse"] < 3:  # mid-job: parse under way
+        assert first.poll() is None, f"run ended early:\n{first.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline, "no parse started within 120 s"
+        time.sleep(0.3)
+    os.killpg(first.pid, signal.SIGINT)
+    code, out, err = _finish(first, timeout=90)
+
+    assert code == 130, f"exit {code}:\n{err[-3000:]}"
+    assert out == "", "an interrupted run printed a summary"
+    assert f"job {JOB} paused" in err and "docstreams run" in err, err[-3000:]
+    view = ControlView(settings, bootstrap)
+    try:
+        desired = view.load_to_end()
+    finally:
+        view.close()
+    assert [e["scope"] for e in desired.paused()] == [f"job:{JOB}"], desired.paused()
+    entry = desired.entries[f"job:{JOB}"]
+    assert entry is not None and entry["state"] == PAUSED, entry
+    assert "Ctrl-C" in entry["reason"]
+    executed = _executions(settings, bootstrap)
+    documents = len([p for d in ("real", "bad") for p in (CORPUS / d).rglob("*") if p.is_file()])
+    assert executed["sink"] < documents, "the job had finished before the interrupt"
+
+    second = _run(settings, bootstrap)
+    code, out, err = _finish(second, timeout=300)
+    assert code == 0, f"exit {code}:\n{err[-3000:]}"
+    assert f"resumed job {JOB}" in err
+    summary = json.loads(out)
+    assert summary["complete"] and summary["documents"] == documents
+    assert sum(summary["outcomes"].values()) == documents
+    for stage, st in summary["stages"].items():
+        assert st["executions"] == st["done"], (stage, st)  # nothing redone
+    print(f"executions at the interrupt {dict(executed)}, after the second run "
+          f"{dict(_executions(settings, bootstrap))}, {documents} documents")
+
+    control = [r for _, _, r in read_all(settings, bootstrap, names.EVENTS)
+               if r["subject"] == f"control:job:{JOB}"]
+    assert [r["transition"] for r in control] == [PAUSED, RESUMED]
