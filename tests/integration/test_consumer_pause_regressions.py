@@ -549,6 +549,21 @@ def wait(cond: Any, timeout: float = 30.0, what: str = "") -> None:
         time.sleep(0.1)
 
 
+def idle_runner(settings: Settings, bootstrap: str, runners: list[Any], job: str,
+                ) -> tuple[Settings, StageRunner, NotingStage, list[str]]:
+    """A runner driven by hand (``step``) that has processed the 12 documents of ``job``
+    submitted for it, and is idle."""
+    s = settings.replace(batch_max_docs=5)
+    docs = submit(s, bootstrap, job, 12)
+    stage = NotingStage()
+    r = runner(s, bootstrap, stage, Control(), "w1")
+    runners.append((r, None))
+    r._connect()
+    step(r, lambda: len(stage.processed()) == len(docs), what="the first documents")
+    assert r.consumer is not None
+    return s, r, stage, docs
+
+
 def test_runner_idle_position_past_its_committed_offset_is_sought_back(
         settings, bootstrap, runners, caplog):
     """The signature of every 'records skipped after pause/seek/resume' client bug: the
@@ -559,15 +574,8 @@ def test_runner_idle_position_past_its_committed_offset_is_sought_back(
     the same partition cannot be told from transaction markers by offsets; the runner
     would commit past it. This check covers the idle case only.)"""
     caplog.set_level(logging.ERROR, logger="docstreams.runtime")
-    s = settings.replace(batch_max_docs=5)
-    docs = submit(s, bootstrap, "skip", 12)
-    stage = NotingStage()
-    r = runner(s, bootstrap, stage, Control(), "w1")
-    runners.append((r, None))
-    r._connect()
-    step(r, lambda: len(stage.processed()) == len(docs), what="the first documents")
+    s, r, stage, docs = idle_runner(settings, bootstrap, runners, "skip")
     docs += submit_more(s, bootstrap, 12)
-    assert r.consumer is not None
     skipped: list[Any] = []
     deadline = time.monotonic() + 30
     while len(skipped) < 12:  # the "client bug": records consumed the runner never sees
@@ -596,13 +604,7 @@ def test_runner_partition_not_fetched_while_the_stage_runs_gets_its_fetch_restar
     consumer behind the runner's back. The idle runner restarts that partition's fetch
     from its committed offset, and every record is processed once."""
     caplog.set_level(logging.ERROR, logger="docstreams.runtime")
-    s = settings.replace(batch_max_docs=5)
-    docs = submit(s, bootstrap, "stall", 12)
-    stage = NotingStage()
-    r = runner(s, bootstrap, stage, Control(), "w1")
-    runners.append((r, None))
-    r._connect()
-    step(r, lambda: len(stage.processed()) == len(docs), what="the first documents")
+    s, r, stage, docs = idle_runner(settings, bootstrap, runners, "stall")
     assert r.consumer is not None
     topic = names.topic(s.topic_prefix, names.SUBMITTED)
     stuck = TopicPartition(topic, 0)
