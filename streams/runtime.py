@@ -377,18 +377,19 @@ class StageRunner:
             self._note_reread(messages)
         batches = {key: Batch(store) for key, store in self.stores.items()}
         pending = _Pending()
-        items = self._park([self._decode(m) for m in messages], batches, pending)
+        items, to_park = self._split_parked([self._decode(m) for m in messages], batches)
         items += self._waiting(inputs.PARK_PREFIX, self.settings.batch_max_docs - len(items),
                                batches)
         items += self._waiting(inputs.RETRY_PREFIX, self.settings.batch_max_docs - len(items),
                                batches)
-        if not items and not pending.produce:
+        if not items and not to_park:
             if not messages:
                 self._check_positions()
             return
         self._fault("before_process")
         results = self._process(items, batches, version) if items else []
         unprocessed = [m for m in messages if self._cut_at(m, items[len(results):])]
+        self._park(to_park, unprocessed, batches, pending)
         for msg in messages:
             topic, partition, offset = where(msg)
             key = (topic, partition)
@@ -775,21 +776,40 @@ class StageRunner:
                 out.append(inputs.unstash(key, raw, store_key))
         return out
 
-    def _park(self, items: list[InputRecord], batches: dict[StoreKey, Batch],
-              pending: _Pending) -> list[InputRecord]:
-        """Set aside the records of paused jobs (and of jobs whose parked records have not
-        all come back yet, to keep their order); return the rest."""
-        keep = []
+    def _split_parked(self, items: list[InputRecord], batches: dict[StoreKey, Batch]
+                      ) -> tuple[list[InputRecord], list[InputRecord]]:
+        """Split fresh records into (to process, to park): the records of paused jobs, and
+        of jobs whose parked records on that partition have not all come back yet (to
+        keep their order), are set aside."""
+        keep, park = [], []
+        parking: set[tuple[StoreKey, str]] = set()
         for item in items:
             job = item.job_id
-            batch = batches[item.store]
-            waiting = job is not None and next(batch.scan(inputs.park_prefix(job)), None)
-            if job is not None and (job in self.gate.paused_jobs or waiting):
-                batch.put(inputs.park_key(item), inputs.stash(item, item.attempts))
-                self._event(pending, item, "parked", f"job {job} is paused")
+            if job is not None and (
+                    job in self.gate.paused_jobs or (item.store, job) in parking
+                    or next(batches[item.store].scan(inputs.park_prefix(job)), None)):
+                park.append(item)
+                parking.add((item.store, job))
             else:
                 keep.append(item)
-        return keep
+        return keep, park
+
+    def _park(self, items: list[InputRecord], unprocessed: list[Message],
+              batches: dict[StoreKey, Batch], pending: _Pending) -> None:
+        """Park records in this transaction, except those at or past the first record of
+        their partition that the batch leaves unprocessed (a pause cut it short): their
+        offsets are not committed and they are read again after the rewind, so a park
+        entry would hand them out twice (once re-injected, once re-read)."""
+        cut: dict[tuple[str, int], int] = {}
+        for msg in unprocessed:
+            topic, partition, offset = where(msg)
+            key = (topic[len(self.prefix):], partition)
+            cut[key] = min(cut.get(key, offset), offset)
+        for item in items:
+            if item.offset >= cut.get((item.topic, item.partition), item.offset + 1):
+                continue
+            batches[item.store].put(inputs.park_key(item), inputs.stash(item, item.attempts))
+            self._event(pending, item, "parked", f"job {item.job_id} is paused")
 
     def _dead_letter(self, item: InputRecord, dead: DeadLetter, pending: _Pending) -> None:
         if item.schema == "Undecodable":
