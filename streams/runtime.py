@@ -555,13 +555,13 @@ class StageRunner:
 
     def _restarted_fetch(self, position: TopicPartition, committed: int, now: float) -> bool:
         """Restart the fetch of an idle partition that stands still while committed
-        records wait past it (see FetchStallWatch): resume it (a pause flag the runner
-        did not set here) and seek it to its committed offset. Both are harmless on a
-        partition that was fetching: it is idle and everything it delivered is committed.
-        Return whether it did."""
+        records wait past it, at two looks in a row (see FetchStallWatch): resume it (a
+        pause flag the runner did not set here) and seek it to its committed offset. Both
+        are harmless on a partition that was fetching: it is idle and everything it
+        delivered is committed. Return whether it did."""
         assert self.consumer is not None
         key = (position.topic, position.partition)
-        if not self.stalls.observe(key, position.offset, now):
+        if not self.stalls.due(key, position.offset, now):
             return False
         tp = TopicPartition(position.topic, position.partition)
         try:
@@ -571,13 +571,13 @@ class StageRunner:
                      tp.partition, exc)
             return False
         start = committed if committed >= 0 else low
-        if not FetchStallWatch.stalled(position.offset, start, end):
+        waiting = FetchStallWatch.waiting(position.offset, start, end)
+        if not self.stalls.looked(key, position.offset, waiting):
             return False
         self.fetch_restarts += 1
-        self.stalls.forget(key)
-        log.warning("%s: %s[%d] not fetched for %.0fs with committed records to read "
-                    "(position %d, committed %d, last stable offset %d); restarting its "
-                    "fetch from %d", self.stage.name, tp.topic, tp.partition,
+        log.warning("%s: %s[%d] not fetched while committed records waited past its "
+                    "position for %.0fs (position %d, committed %d, last stable offset %d); "
+                    "restarting its fetch from %d", self.stage.name, tp.topic, tp.partition,
                     self.stalls.after_s, position.offset, committed, end, start)
         try:
             self.consumer.resume([tp])

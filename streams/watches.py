@@ -45,28 +45,51 @@ class FetchStallWatch:
     partition unfetched (a pause flag kept from before a rebalance, a fetcher that never
     started), it looks the same from the runner: the runner is idle, the partition's
     position stands still, and its last stable offset is past it. This watch bounds such
-    a stall to about ``after_s`` instead of forever. ``observe`` is told the position at each idle check; it
-    answers True once the same position has been seen for ``after_s``, and the runtime
-    then asks the broker whether committed records lie past it."""
+    a stall to about two ``after_s`` instead of forever.
+
+    The runtime tells ``due`` the position at each idle check; once it has stood still
+    for ``after_s`` since the last look, the runtime asks the broker for the partition's
+    last stable offset and tells ``looked`` what it found. A restart takes records
+    waiting past the same position at two looks in a row, ``after_s`` apart: records
+    that have only just landed on a partition idle for long (a stage upstream resumed,
+    say) are fetched before the second look, and do not count as a stall."""
 
     after_s: float = STALL_AFTER_S
-    _since: dict[PartitionKey, tuple[int, float]] = field(default_factory=dict)
+    _still: dict[PartitionKey, tuple[int, float]] = field(default_factory=dict)
+    _waiting: dict[PartitionKey, int] = field(default_factory=dict)
 
-    def observe(self, key: PartitionKey, position: int, now: float) -> bool:
-        seen = self._since.get(key)
+    def due(self, key: PartitionKey, position: int, now: float) -> bool:
+        """Whether to look at the partition's end now."""
+        seen = self._still.get(key)
         if seen is None or seen[0] != position:
-            self._since[key] = (position, now)
+            self._still[key] = (position, now)
+            self._waiting.pop(key, None)
             return False
-        return now - seen[1] >= self.after_s
+        if now - seen[1] < self.after_s:
+            return False
+        self._still[key] = (position, now)  # the next look, after_s from this one
+        return True
+
+    def looked(self, key: PartitionKey, position: int, waiting: bool) -> bool:
+        """Note whether committed records waited past ``position``; return whether to
+        restart the fetch (they waited there at the previous look too)."""
+        if not waiting:
+            self._waiting.pop(key, None)
+            return False
+        if self._waiting.get(key) == position:
+            self.forget(key)
+            return True
+        self._waiting[key] = position
+        return False
 
     def forget(self, key: PartitionKey) -> None:
-        """The partition moved on, was restarted, or left this runner."""
-        self._since.pop(key, None)
+        """The partition was restarted or left this runner."""
+        self._still.pop(key, None)
+        self._waiting.pop(key, None)
 
     @staticmethod
-    def stalled(position: int, committed: int, end: int) -> bool:
+    def waiting(position: int, committed: int, end: int) -> bool:
         """Whether committed records wait past where the partition stands. ``position``
         is negative when the client has none (its fetch never started); ``committed``
-        is negative when the group has no commit (then ``end`` past the log start, which
-        the caller passes as ``committed``, counts)."""
+        is negative when the group has no commit (the caller then passes the log start)."""
         return end > max(position, committed)

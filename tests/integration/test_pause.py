@@ -75,7 +75,7 @@ def test_pause_one_stage_holds_it_while_the_others_keep_flowing(settings, bootst
     docs = publish_copies(s, bootstrap, job, DOCS)
     audit = Audit(s, bootstrap)
     try:
-        with running_worker(s, bootstrap, "w1"):
+        with running_worker(s, bootstrap, "w1") as worker:
             audit.wait(job, lambda x: x["stages"][stage]["done"] >= 20, what="20 extracted")
             _, report = command(s, bootstrap, f"stage:{stage}", PAUSED)
             assert report.expected == {(stage, "w1")}  # --wait waits for that stage only
@@ -100,6 +100,10 @@ def test_pause_one_stage_holds_it_while_the_others_keep_flowing(settings, bootst
 
             command(s, bootstrap, f"stage:{stage}", RESUMED)
             audit.wait_complete(job, DOCS)
+            # Downstream stood idle through the pause; records that landed on it after
+            # the resume are no fetch stall (the watch once took them for one).
+            assert {r.stage.name: r.fetch_restarts for r in worker.runners
+                    if r.fetch_restarts} == {}
         assert_exactly_once(s, bootstrap, audit, job, docs)
     finally:
         audit.close()
