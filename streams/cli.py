@@ -119,9 +119,15 @@ def run(paths: tuple[Path, ...], job_id: str | None, passwords: Path | None, wor
     ends decided, in review or dead-lettered with a reason; outputs go to
     .docstreams/out/<job>/<doc_id>.json and summary.json. Running the same command
     again resumes the job: what was committed is not redone.
-    """
-    from streams.job import JobInterrupted, run_job
 
+    Ctrl-C (or SIGTERM, or a closed terminal) pauses the job safely: the batch in
+    flight commits, the workers stop, and run exits 130; run the same command to
+    resume. A pause of the job made with `docstreams pause --job` is not lifted by
+    run: it stops and says who paused it and how to resume it.
+    """
+    from streams.job import JobInterrupted, catch_interrupts, run_job
+
+    catch_interrupts()
     settings = _settings()
     job = job_id or paths[0].resolve().name
     try:
@@ -442,7 +448,10 @@ def publish(paths: tuple[Path, ...], job_id: str, passwords: Path | None, as_jso
 @click.option("--stage", "stages", multiple=True,
               type=click.Choice(["parse", "extract", "validate", "route", "sink"]),
               help="Run only these stages (repeatable; default all).")
-def worker(worker_id: str | None, stages: tuple[str, ...]) -> None:
+@click.option("--stop-with-parent", "parent_pid", type=int, default=None, hidden=True,
+              help="Stop (as on SIGTERM) when this process, the `run` that started the "
+              "worker, is gone (Linux).")
+def worker(worker_id: str | None, stages: tuple[str, ...], parent_pid: int | None) -> None:
     """Run pipeline stages until SIGTERM or Ctrl-C (the batch in flight commits first).
 
     Run any number of workers against one cluster; each stage's partitions are shared
@@ -460,6 +469,10 @@ def worker(worker_id: str | None, stages: tuple[str, ...]) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if parent_pid is not None:
+        from streams.worker import stop_with_parent
+
+        stop_with_parent(parent_pid, stop)
     w.start()
     err_console.print(f"worker {wid} running {', '.join(w.stage_names)} on {bootstrap}; "
                   "Ctrl-C or SIGTERM stops it (the batch in flight commits first)")

@@ -34,6 +34,19 @@ from streams.sink import safe_name
 from streams.status import PIPELINE, Follower
 from streams.worker import ensure_pipeline_topics, worker_id_in_use
 
+# The reason `run` gives the job pause it makes when interrupted: the only job pause
+# that re-running the job lifts by itself (anyone else's is theirs to lift).
+INTERRUPT_REASON = "Ctrl-C in docstreams run"
+# What interrupts `run` (its terminal's Ctrl-C, a scheduler's stop, a closed terminal):
+# each is a safe pause of the job, raised as KeyboardInterrupt (see catch_interrupts).
+INTERRUPTS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def catch_interrupts() -> None:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt, as SIGINT already is."""
+    for sig in INTERRUPTS:
+        signal.signal(sig, signal.default_int_handler)
+
 
 @dataclass
 class WorkerProcs:
@@ -52,7 +65,8 @@ class WorkerProcs:
                "DOCSTREAMS_HOME": str(self.settings.home)}
         with open(logs / f"worker-{worker_id}.log", "ab") as log:
             self.procs[worker_id] = subprocess.Popen(
-                [sys.executable, "-m", "streams", "worker", "--worker-id", worker_id],
+                [sys.executable, "-m", "streams", "worker", "--worker-id", worker_id,
+                 "--stop-with-parent", str(os.getpid())],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C in the terminal goes to `run`, which decides
             )
@@ -148,14 +162,23 @@ class JobInterrupted(DocstreamsError):
 
 
 def _resume_if_paused(settings: Settings, bootstrap: str, job_id: str, console: Console) -> None:
-    """Re-running a job is how a user resumes it; a pause of everything or of a stage is
-    someone else's decision, so it is only reported."""
+    """Re-running a job is how a user resumes it after interrupting `run`. Any other
+    pause is someone's decision (a hold, an outage): a pause of this job stops the run
+    with who paused it and how to lift it; a pause of everything or of a stage is
+    reported, and the run waits for it."""
     view = ControlView(settings, bootstrap)
     try:
         desired = view.load_to_end()
     finally:
         view.close()
     for entry in desired.paused():
+        if entry["scope"] == f"job:{job_id}" and entry["reason"] != INTERRUPT_REASON:
+            raise DocstreamsError(
+                f"job {job_id} is paused by {entry['by']} since {_since(entry)}"
+                + (f" ({entry['reason']})" if entry["reason"] else "")
+                + f"; `docstreams run` lifts only the pause of an interrupted run. Lift this "
+                f"one with `docstreams resume --job {job_id}`, then run again",
+                reason="paused")
         if entry["scope"] == f"job:{job_id}":
             ControlClient(settings, bootstrap).set_state(
                 entry["scope"], RESUMED, reason="re-run with docstreams run")
@@ -168,20 +191,26 @@ def _resume_if_paused(settings: Settings, bootstrap: str, job_id: str, console: 
                           f"{_scope_flag(entry['scope'])}`")
 
 
+def _since(entry: dict[str, Any]) -> str:
+    at_ms = entry.get("paused_since_ms") or entry["at_ms"]
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(at_ms / 1000))
+
+
 def _scope_flag(scope: str) -> str:
     return "--all" if scope == "all" else f"--{scope.replace(':', ' ', 1)}"
 
 
 def _pause_on_interrupt(settings: Settings, bootstrap: str, job_id: str,
                         console: Console) -> JobInterrupted:
-    console.print(f"\n[yellow]Ctrl-C: pausing job {job_id} (the batch in flight commits "
-                  "first; another Ctrl-C is ignored)...")
-    # A second Ctrl-C must not cut the pause (or the workers' stop after it) short: it
-    # would exit without saying whether the pause holds or how to resume. `run` ends
-    # right after, so the handler is not put back.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    console.print(f"\n[yellow]interrupted: pausing job {job_id} (the batch in flight "
+                  "commits first; another Ctrl-C is ignored)...")
+    # A second Ctrl-C (or a SIGTERM after it) must not cut the pause, or the workers'
+    # stop after it, short: it would exit without saying whether the pause holds or how
+    # to resume. `run` ends right after, so the handlers are not put back.
+    for sig in INTERRUPTS:
+        signal.signal(sig, signal.SIG_IGN)
     entry = ControlClient(settings, bootstrap).set_state(
-        f"job:{job_id}", PAUSED, reason="Ctrl-C in docstreams run")
+        f"job:{job_id}", PAUSED, reason=INTERRUPT_REASON)
     report = wait_for_acks(settings, bootstrap, entry, timeout=30)
     state = ("every worker acknowledged" if report.complete
              else f"not acknowledged by {report.missing()} in 30 s; the pause still holds")

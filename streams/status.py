@@ -33,6 +33,7 @@ class JobView:
     submitted: dict[str, str] = field(default_factory=dict)  # doc_id -> source
     done: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     executions: Counter[str] = field(default_factory=Counter)
+    executed: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     outcome: dict[str, str] = field(default_factory=dict)  # doc_id -> terminal outcome
     dead_at: dict[str, str] = field(default_factory=dict)  # doc_id -> stage that dead-lettered
     completions: Counter[str] = field(default_factory=Counter)  # committed finishes per stage
@@ -72,6 +73,18 @@ class JobView:
         earlier = PIPELINE[:PIPELINE.index(stage)]
         return sum(1 for d, s in self.dead_at.items() if s in earlier and d in self.submitted)
 
+    def _redone(self) -> dict[str, int]:
+        """Work started more often than it committed a finish: crashes, aborts, retries
+        of transient failures. Work under way (started, not yet finished) is not redone,
+        and a deliberate `dlq retry` finishes again, so it is not counted either."""
+        out = {}
+        for s in PIPELINE:
+            under_way = len(self.executed[s] - self.done[s])
+            redone = self.executions[s] - self.completions[s] - under_way
+            if redone > 0:
+                out[s] = redone
+        return out
+
     def snapshot(self, paused: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         outcomes = Counter(self.outcome[d] for d in self.submitted if d in self.outcome)
         documents = len(self.submitted)
@@ -84,11 +97,7 @@ class JobView:
             "complete": documents > 0 and all(d in self.outcome for d in self.submitted),
             "outcomes": {k: outcomes.get(k, 0) for k in ("decided", "review", "dead_letter")},
             "stages": stages,
-            # Work started more often than it committed a finish: crashes, aborts, retries
-            # of transient failures. A deliberate `dlq retry` finishes again, so it is not
-            # counted here.
-            "redone": {s: self.executions[s] - self.completions[s] for s in PIPELINE
-                       if self.executions[s] > self.completions[s]},
+            "redone": self._redone(),
             "resubmissions": self.resubmissions,
             "paused": paused or [],
             "active_s": self.active_s(),
@@ -121,7 +130,9 @@ class JobTracker:
 
     def add(self, schema: str, rec: dict[str, Any]) -> None:
         if schema == "Execution":
-            self.view(rec["job_id"]).executions[rec["stage"]] += 1
+            view = self.view(rec["job_id"])
+            view.executions[rec["stage"]] += 1
+            view.executed[rec["stage"]].add(rec["doc_id"])
             return
         if schema != "LifecycleEvent" or not rec.get("job_id"):
             return

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
+import signal
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -140,3 +143,16 @@ class Worker:
 
     def alive(self) -> bool:
         return all(t.is_alive() for t in self.threads)
+
+
+def stop_with_parent(parent_pid: int, stop: threading.Event) -> None:
+    """Have the kernel send this worker SIGTERM when the `run` that started it dies,
+    however it dies (Linux), so that no worker is left working on its own; SIGTERM
+    commits the batch in flight and stops. A parent already gone stops it now."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent_pid:
+        stop.set()

@@ -16,9 +16,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
+
+import pytest
 
 from streams import names
-from streams.control import PAUSED, RESUMED, ControlView
+from streams.control import PAUSED, RESUMED, ControlClient, ControlView
+from streams.worker import ensure_pipeline_topics as _ensure_topics
 from tests.corpus import CORPUS
 from tests.integration.pause_support import read_all
 from tests.integration.pipeline import REPO, settings_env
@@ -51,16 +55,28 @@ def _executions(settings, bootstrap) -> Counter[str]:
     return Counter(r["stage"] for _, _, r in read_all(settings, bootstrap, names.EXECUTIONS))
 
 
-def test_ctrl_c_in_run_pauses_the_job_and_running_it_again_finishes_it_without_rework(
-        settings, bootstrap):
+def _started(settings, bootstrap) -> subprocess.Popen[str]:
+    """A `docstreams run` of the corpus, once its parse is under way."""
     assert (CORPUS / "real").is_dir(), f"corpus not found at {CORPUS}"
-    first = _run(settings, bootstrap)
+    proc = _run(settings, bootstrap)
     deadline = time.monotonic() + 120
     while _executions(settings, bootstrap)["parse"] < 3:  # mid-job: parse under way
-        assert first.poll() is None, f"run ended early:\n{first.communicate()[1][-3000:]}"
+        assert proc.poll() is None, f"run ended early:\n{proc.communicate()[1][-3000:]}"
         assert time.monotonic() < deadline, "no parse started within 120 s"
         time.sleep(0.3)
-    os.killpg(first.pid, signal.SIGINT)
+    return proc
+
+
+@pytest.mark.parametrize("interrupt", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_run_pauses_the_job_and_running_it_again_finishes_it_without_rework(
+        settings, bootstrap, interrupt):
+    """Ctrl-C in the terminal (SIGINT to run's process group), or a scheduler's SIGTERM
+    to run alone."""
+    first = _started(settings, bootstrap)
+    if interrupt == signal.SIGINT:
+        os.killpg(first.pid, signal.SIGINT)
+    else:
+        first.send_signal(signal.SIGTERM)
     code, out, err = _finish(first, timeout=90)
 
     assert code == 130, f"exit {code}:\n{err[-3000:]}"
@@ -94,3 +110,57 @@ def test_ctrl_c_in_run_pauses_the_job_and_running_it_again_finishes_it_without_r
     control = [r for _, _, r in read_all(settings, bootstrap, names.EVENTS)
                if r["subject"] == f"control:job:{JOB}"]
     assert [r["transition"] for r in control] == [PAUSED, RESUMED]
+
+
+def _workers_of(run_pid: int) -> list[int]:
+    """Live (not zombie) worker processes started by the `run` with this pid."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"--stop-with-parent" in argv and str(run_pid).encode() in argv and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux")
+def test_workers_stop_when_run_is_killed(settings, bootstrap):
+    """`run` killed with SIGKILL cannot pause anything, but its workers must not go on
+    working on their own: they stop (SIGTERM from the kernel: the batch in flight
+    commits)."""
+    first = _started(settings, bootstrap)
+    workers = _workers_of(first.pid)
+    assert workers, "no worker of the run found"
+    first.kill()
+    first.communicate()
+    deadline = time.monotonic() + 60
+    while _workers_of(first.pid):
+        assert time.monotonic() < deadline, f"workers {_workers_of(first.pid)} outlived run"
+        time.sleep(0.5)
+
+
+def test_run_does_not_lift_a_job_pause_made_by_someone_else(settings, bootstrap):
+    """A hold put on a job with `docstreams pause --job` stays: `run` of that job stops
+    with who paused it and how to lift it, and publishes nothing."""
+    assert (CORPUS / "real").is_dir(), f"corpus not found at {CORPUS}"
+    _ensure_topics(settings, bootstrap)
+    ControlClient(settings, bootstrap).set_state(f"job:{JOB}", PAUSED, by="legal",
+                                                 reason="legal hold")
+    code, out, err = _finish(_run(settings, bootstrap), timeout=120)
+    assert code == 1, f"exit {code}:\n{err[-3000:]}"
+    error = json.loads(out)  # with --json, the error is JSON on stdout
+    assert error["reason"] == "paused", error
+    assert "paused by legal" in error["error"] and "legal hold" in error["error"], error
+    assert f"docstreams resume --job {JOB}" in error["error"], error
+    view = ControlView(settings, bootstrap)
+    try:
+        entry = view.load_to_end().entries[f"job:{JOB}"]
+    finally:
+        view.close()
+    assert entry["state"] == PAUSED and entry["reason"] == "legal hold"
+    assert sum(_executions(settings, bootstrap).values()) == 0

@@ -11,13 +11,13 @@ def _event(doc, stage, transition, detail="", job="j", at=1, generation=0):
 def _walk(tracker, doc, outcome="decided", dead_at=None, generation=0):
     tracker.add("LifecycleEvent", _event(doc, "submit", "submitted"))
     for stage in ("parse", "extract", "validate", "route"):
-        tracker.add("Execution", {"job_id": "j", "stage": stage})
+        tracker.add("Execution", {"job_id": "j", "stage": stage, "doc_id": doc})
         if stage == dead_at:
             tracker.add("LifecycleEvent", _event(doc, stage, "dead_lettered",
                                                  generation=generation))
             break
         tracker.add("LifecycleEvent", _event(doc, stage, "done", generation=generation))
-    tracker.add("Execution", {"job_id": "j", "stage": "sink"})
+    tracker.add("Execution", {"job_id": "j", "stage": "sink", "doc_id": doc})
     tracker.add("LifecycleEvent", _event(doc, "sink", "recorded", outcome,
                                          generation=generation))
 
@@ -39,15 +39,30 @@ def test_complete_job_counts_outcomes_and_expected_per_stage():
 def test_redone_work_and_retries_are_visible_not_done():
     t = JobTracker()
     t.add("LifecycleEvent", _event("a", "submit", "submitted"))
-    t.add("Execution", {"job_id": "j", "stage": "parse"})
+    t.add("Execution", {"job_id": "j", "stage": "parse", "doc_id": "a"})
     t.add("LifecycleEvent", _event("a", "parse", "retry_scheduled"))
-    t.add("Execution", {"job_id": "j", "stage": "parse"})
+    t.add("Execution", {"job_id": "j", "stage": "parse", "doc_id": "a"})
     snap = t.view("j").snapshot()
     assert snap["stages"]["parse"]["done"] == 0 and not snap["complete"]
     t.add("LifecycleEvent", _event("a", "parse", "parsed"))
     snap = t.view("j").snapshot()
     assert snap["stages"]["parse"] == {"done": 1, "executions": 2, "expected": 1}
     assert snap["redone"] == {"parse": 1}
+
+
+def test_work_under_way_is_not_redone():
+    """Executions are written before the work, finishes when it commits: a healthy job
+    in progress has more executions than finishes, and none of it is redone."""
+    t = JobTracker()
+    for doc in ("a", "b", "c"):
+        t.add("LifecycleEvent", _event(doc, "submit", "submitted"))
+        t.add("Execution", {"job_id": "j", "stage": "parse", "doc_id": doc})
+    t.add("LifecycleEvent", _event("a", "parse", "parsed"))
+    snap = t.view("j").snapshot()
+    assert snap["stages"]["parse"] == {"done": 1, "executions": 3, "expected": 3}
+    assert snap["redone"] == {}
+    t.add("Execution", {"job_id": "j", "stage": "parse", "doc_id": "b"})  # b again: a crash
+    assert t.view("j").snapshot()["redone"] == {"parse": 1}
 
 
 def test_duplicate_events_do_not_double_count_and_jobs_stay_apart():
