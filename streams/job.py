@@ -28,6 +28,7 @@ from streams.admin import wait_for_acks
 from streams.blobs import sha256_hex
 from streams.control import PAUSED, RESUMED, ControlClient, ControlView
 from streams.errors import DocstreamsError
+from streams.kafka import quiet_client_logging
 from streams.publish import Publisher, collect, doc_id_for
 from streams.settings import Settings
 from streams.sink import safe_name
@@ -125,6 +126,7 @@ def plan(paths: Sequence[Path], job_id: str, console: Console | None = None
 def run_job(settings: Settings, paths: Sequence[Path], job_id: str,
             passwords: dict[str, str], workers: int, console: Console) -> dict[str, Any]:
     started = time.monotonic()
+    settings = quiet_client_logging(settings)
     docs = plan(paths, job_id, console)
     if not docs:
         raise DocstreamsError(f"no files found under {', '.join(map(str, paths))}",

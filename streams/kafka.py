@@ -7,6 +7,8 @@ stop the world, read_committed everywhere a pipeline topic is read.
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -162,3 +164,34 @@ def within(seconds: float, what: str, call: Callable[[], T],
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a client log line through once per ``every_s`` seconds: while a broker is
+    away, librdkafka says "Connect to ... failed" for every client and broker several
+    times a second (about 1,100 lines in 45 s in one `docstreams run`). Lines that
+    differ only in numbers count as the same line."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = re.sub(r"\d+", "#", record.getMessage())
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(key, -self.every_s) < self.every_s:
+                return False
+            self._last[key] = now
+        return True
+
+
+def quiet_client_logging(settings: Settings) -> Settings:
+    """Settings whose clients log through the ``docstreams.kafka`` logger, each repeated
+    line at most every 30 s (for a terminal a person reads)."""
+    logger = logging.getLogger("docstreams.kafka")
+    if not any(isinstance(f, RepeatFilter) for f in logger.filters):
+        logger.addFilter(RepeatFilter())
+    return settings.replace(kafka_extra={**settings.kafka_extra, "logger": logger})

@@ -208,3 +208,22 @@ def test_cli_errors_are_one_message_and_exit_1(tmp_path: Path,
     assert result.exit_code == 1
     assert "apt-get install openjdk-17-jre-headless" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_repeated_client_log_line_passes_once_per_interval() -> None:
+    """While a broker is away every client repeats its connect failure several times a
+    second; a person's terminal gets it once per interval (numbers aside)."""
+    import logging
+
+    from streams.kafka import RepeatFilter
+
+    def line(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("docstreams.kafka", logging.ERROR, __file__, 1, msg, (), None)
+
+    f = RepeatFilter(every_s=60.0)
+    failed = "127.0.0.1:{}/bootstrap: Connect to ipv4#127.0.0.1:{} failed (after {}ms)"
+    assert f.filter(line(failed.format(55069, 55069, 0)))
+    assert not f.filter(line(failed.format(55069, 55069, 3)))  # the same, but for numbers
+    assert f.filter(line("FAIL: all brokers down"))  # another line passes
+    f.every_s = 0.0
+    assert f.filter(line(failed.format(1, 1, 1)))  # once the interval has passed
