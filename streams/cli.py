@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,9 +271,9 @@ def _short_reason(ctx: click.Context, param: click.Parameter, value: str) -> str
 
 
 def _set_and_wait(scope: str, state: str, reason: str, mode: str, wait: bool, timeout: float,
-                  as_json: bool) -> None:
+                  as_json: bool, still_paused: Sequence[str] = ()) -> None:
     from streams import admin
-    from streams.control import PAUSED, ControlClient, ControlView
+    from streams.control import PAUSED, ControlClient, ControlView, scope_flags
     from streams.topics import check_reachable
     from streams.worker import ensure_pipeline_topics
 
@@ -290,6 +291,8 @@ def _set_and_wait(scope: str, state: str, reason: str, mode: str, wait: bool, ti
     entry = ControlClient(settings, bootstrap).set_state(scope, state, reason=reason, mode=mode,
                                                          paused_since_ms=since)
     out: dict[str, Any] = {"command": entry}
+    if state != PAUSED:
+        out["still_paused"] = list(still_paused)
     if wait:
         report = admin.wait_for_acks(settings, bootstrap, entry, timeout)
         stages = admin.affected_stages(scope)
@@ -311,8 +314,8 @@ def _set_and_wait(scope: str, state: str, reason: str, mode: str, wait: bool, ti
                       + (f" ({reason})" if reason else "") + f", command {entry['command_id']}")
         if wait:
             if out["acknowledged"]:
-                console.print(f"all {len(out['workers'])} live stage workers acknowledged "
-                              f"in {out['seconds']} s")
+                console.print(f"all {len(out['workers'])} live workers of "
+                              f"{', '.join(stages)} acknowledged in {out['seconds']} s")
                 _print_acks(report, console)
             elif not out["workers"]:
                 console.print("[yellow]no live workers: the state is recorded and every "
@@ -329,6 +332,9 @@ def _set_and_wait(scope: str, state: str, reason: str, mode: str, wait: bool, ti
         elif not admin.live_members(settings, bootstrap, admin.affected_stages(scope)):
             console.print("[yellow]no worker is running: the state is recorded and applies "
                           "when one starts (`docstreams worker`, or `docstreams run`)")
+        for other in still_paused:  # a resume of one scope lifts no other
+            console.print(f"[yellow]still paused: {other}[/] "
+                          f"(`docstreams resume {scope_flags(other)}`)")
     if wait and not out["acknowledged"] and out["workers"]:
         sys.exit(3)
 
@@ -409,7 +415,8 @@ def resume(all_: bool, stage: str | None, job: str | None, reason: str, wait: bo
         else:
             console.print(note)
         return
-    _set_and_wait(scope, RESUMED, reason, "drain", wait, timeout, as_json)
+    _set_and_wait(scope, RESUMED, reason, "drain", wait, timeout, as_json,
+                  still_paused=sorted(paused - {scope}))
 
 
 @main.command()

@@ -41,6 +41,11 @@ def scope_key(all_: bool = False, stage: str | None = None, job: str | None = No
     return str(chosen[0])
 
 
+def scope_flags(scope: str) -> str:
+    """The command-line flags that name ``scope`` (the inverse of scope_key)."""
+    return "--all" if scope == "all" else f"--{scope.replace(':', ' ', 1)}"
+
+
 def default_actor() -> str:
     return f"{getpass.getuser()}@{socket.gethostname()}"
 

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from streams import broker
 from streams.admin import wait_for_acks
 from streams.blobs import sha256_hex
-from streams.control import PAUSED, RESUMED, ControlClient, ControlView
+from streams.control import PAUSED, RESUMED, ControlClient, ControlView, scope_flags
 from streams.errors import DocstreamsError
 from streams.kafka import quiet_client_logging
 from streams.publish import Publisher, collect, doc_id_for
@@ -190,16 +190,12 @@ def _resume_if_paused(settings: Settings, bootstrap: str, job_id: str, console: 
             console.print(f"[yellow]{entry['scope']} is paused by {entry['by']}"
                           + (f" ({entry['reason']})" if entry["reason"] else "")
                           + f": nothing will move until `docstreams resume "
-                          f"{_scope_flag(entry['scope'])}`")
+                          f"{scope_flags(entry['scope'])}`")
 
 
 def _since(entry: dict[str, Any]) -> str:
     at_ms = entry.get("paused_since_ms") or entry["at_ms"]
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(at_ms / 1000))
-
-
-def _scope_flag(scope: str) -> str:
-    return "--all" if scope == "all" else f"--{scope.replace(':', ' ', 1)}"
 
 
 def _pause_on_interrupt(settings: Settings, bootstrap: str, job_id: str,
@@ -228,8 +224,18 @@ def _follow(follower: Follower, procs: WorkerProcs, job_id: str,
                TextColumn("exec {task.fields[executions]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         tasks = {s: progress.add_task(s, total=None, executions=0) for s in PIPELINE}
+        held: dict[str, str] = {}
         while True:
             follower.poll(0.5)
+            now_held = follower.tracker.holding(job_id)
+            if now_held != held:  # say why the bars stand still, and when they go on
+                for scope in sorted(now_held.keys() - held.keys()):
+                    progress.console.print(
+                        f"[yellow]paused: {scope}[/] ({now_held[scope]}): this job waits "
+                        f"until `docstreams resume {scope_flags(scope)}`")
+                for scope in sorted(held.keys() - now_held.keys()):
+                    progress.console.print(f"resumed: {scope}")
+                held = now_held
             snap = follower.tracker.view(job_id).snapshot()
             for stage, task in tasks.items():
                 st = snap["stages"][stage]

@@ -118,10 +118,17 @@ def _covered(intervals: list[tuple[float, float]], low: float, high: float) -> f
 
 
 class JobTracker:
-    """Folds lifecycle events and executions into per-job views."""
+    """Folds lifecycle events and executions into per-job views, and the control events
+    into the scopes paused now (scope -> who and why)."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, JobView] = {}
+        self.paused_scopes: dict[str, str] = {}
+
+    def holding(self, job: str) -> dict[str, str]:
+        """The paused scopes that hold ``job`` back: everything, a stage, or the job."""
+        return {scope: why for scope, why in self.paused_scopes.items()
+                if scope in ("all", f"job:{job}") or scope.startswith("stage:")}
 
     def view(self, job: str) -> JobView:
         if job not in self.jobs:
@@ -134,7 +141,15 @@ class JobTracker:
             view.executions[rec["stage"]] += 1
             view.executed[rec["stage"]].add(rec["doc_id"])
             return
-        if schema != "LifecycleEvent" or not rec.get("job_id"):
+        if schema != "LifecycleEvent":
+            return
+        if rec["stage"] == "control":
+            scope = rec["subject"].removeprefix("control:")
+            if rec["transition"] == "paused":
+                self.paused_scopes[scope] = rec["detail"]
+            else:
+                self.paused_scopes.pop(scope, None)
+        if not rec.get("job_id"):
             return
         view = self.view(rec["job_id"])
         at = rec["at_ms"]

@@ -141,3 +141,22 @@ def test_a_pause_still_in_force_ends_the_active_time_at_the_pause() -> None:
     t.add("LifecycleEvent", _event("b", "parse", "parked", at=2_500))
     assert t.view("j").active_s() == 1.0
     assert t.view("j").first_at_ms == 1_000      # control events are not work
+
+
+def test_paused_scopes_follow_the_control_events_and_say_what_holds_a_job():
+    t = JobTracker()
+
+    def control(scope, transition, detail=""):
+        t.add("LifecycleEvent", {"subject": f"control:{scope}", "stage": "control",
+                                 "transition": transition, "detail": detail, "at_ms": 5,
+                                 "seq": 0, "job_id": scope[4:] if scope.startswith("job:")
+                                 else None})
+
+    control("stage:extract", "paused", "ops: schema change (mode drain)")
+    control("job:other", "paused", "legal: hold (mode drain)")
+    control("job:j", "paused", "me (mode drain)")
+    control("job:j", "resumed")
+    assert t.holding("j") == {"stage:extract": "ops: schema change (mode drain)"}
+    assert set(t.holding("other")) == {"stage:extract", "job:other"}
+    control("stage:extract", "resumed")
+    assert t.holding("j") == {}
