@@ -63,7 +63,7 @@ def dlq() -> None:
       docstreams dlq list --job loan-17 --reason encrypted
       docstreams dlq show d0123456789abcdef01234567
       docstreams dlq retry d0123456789abcdef01234567 --password-file pw.txt
-      docstreams dlq retry --job loan-17 --reason timeout
+      docstreams dlq retry --job loan-17 --reason parse_timeout
     """
 
 
@@ -95,6 +95,13 @@ def list_command(job: str | None, stage: str | None, reason: str | None,
         return
     if not rows:
         click.echo("no dead letters" + (" matching" if job or stage or reason else ""))
+        if job or stage or reason:  # a typo matches nothing: say what would match
+            there = logic.present(logic.load(settings, bootstrap), include_resolved)
+            for name, value in (("job", job), ("stage", stage), ("reason", reason)):
+                if value is not None and value not in there[name]:
+                    have = ", ".join(f"{k} ({n})" for k, n in sorted(there[name].items()))
+                    click.echo(f"  no dead letter has {name} {value!r}; "
+                               f"{name}s with dead letters: {have or 'none'}")
         return
     header = ("DOC_ID", "JOB", "SOURCE", "STAGE", "REASON", "STATE", "GEN", "ATTEMPTS",
               "DEAD-LETTERED AT")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import getpass
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
@@ -152,6 +153,16 @@ def select(docs: Mapping[str, DeadDocument], *, job: str | None = None,
            and (reason is None or d.latest["reason"] == reason)
            and (include_resolved or d.state != RESOLVED)]
     return sorted(out, key=lambda d: (-d.latest["dead_lettered_at_ms"], d.doc_id))
+
+
+def present(docs: Mapping[str, DeadDocument], include_resolved: bool = False
+            ) -> dict[str, Counter[str]]:
+    """Counts of the jobs, stages and reasons the dead letters hold (by latest letter),
+    to tell a user whose filter matched nothing what would have matched."""
+    shown = [d for d in docs.values() if include_resolved or d.state != RESOLVED]
+    return {"job": Counter(d.job_id for d in shown),
+            "stage": Counter(d.latest["stage"] for d in shown),
+            "reason": Counter(d.latest["reason"] for d in shown)}
 
 
 @dataclass(frozen=True)

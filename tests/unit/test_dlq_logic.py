@@ -186,3 +186,11 @@ def test_help_texts():
         result = runner.invoke(dlq_cli, [*args, "--help"])
         assert result.exit_code == 0 and len(result.output) > 200, args
     assert "idempotent" in runner.invoke(dlq_cli, ["retry", "--help"]).output.lower()
+
+
+def test_present_counts_what_a_filter_could_have_matched():
+    docs = dlq.fold([letter("d1", reason="encrypted"), letter("d2", reason="parse_timeout"),
+                     letter("d3", reason="encrypted", job="k")], [])
+    there = dlq.present(docs)
+    assert there["reason"] == {"encrypted": 2, "parse_timeout": 1}
+    assert there["job"] == {"j": 2, "k": 1} and there["stage"] == {"parse": 3}
