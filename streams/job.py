@@ -207,8 +207,25 @@ def _pause_on_interrupt(settings: Settings, bootstrap: str, job_id: str,
     # to resume. `run` ends right after, so the handlers are not put back.
     for sig in INTERRUPTS:
         signal.signal(sig, signal.SIG_IGN)
+    scope = f"job:{job_id}"
+    view = ControlView(settings, bootstrap)
+    try:
+        held = view.load_to_end().entries.get(scope)
+    finally:
+        view.close()
+    if held is not None and held["state"] == PAUSED and held["reason"] != INTERRUPT_REASON:
+        # Someone paused the job while it ran (a hold): theirs stays, who, why and since
+        # when, so that running the job again does not lift it. The workers have
+        # acknowledged it already (`run` showed it).
+        return JobInterrupted(
+            f"job {job_id} stays paused by {held['by']} since {_since(held)}"
+            + (f" ({held['reason']})" if held["reason"] else "")
+            + f". Nothing committed is lost or redone. Lift it with `docstreams resume "
+            f"--job {job_id}`, then run the same command again.", reason="interrupted")
     entry = ControlClient(settings, bootstrap).set_state(
-        f"job:{job_id}", PAUSED, reason=INTERRUPT_REASON)
+        scope, PAUSED, reason=INTERRUPT_REASON,
+        paused_since_ms=held.get("paused_since_ms") if held and held["state"] == PAUSED
+        else None)
     report = wait_for_acks(settings, bootstrap, entry, timeout=30)
     state = ("every worker acknowledged" if report.complete
              else f"not acknowledged by {report.missing()} in 30 s; the pause still holds")

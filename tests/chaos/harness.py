@@ -1,7 +1,8 @@
 """Chaos harness: documents flow through several worker processes while workers are
 killed with SIGKILL (at random moments, and at the runtime's commit fault points), the
-broker is restarted, and the whole pipeline is paused and resumed; then every document
-is checked for exactly one outcome, read back with read_committed, and one sink row.
+broker is restarted, and the whole pipeline or the job is paused and resumed (a job pause
+parks its records); then every document is checked for exactly one outcome, read back
+with read_committed, and one sink row.
 
     python -m tests.chaos.harness --seed 1 --docs 100 --kills 5 [--broker-restarts 1] [--pauses 3]
 
@@ -226,6 +227,7 @@ class Chaos:
         self.last_progress = 0.0
         self.pause_acks: Future[AckReport] | None = None
         self.paused_at = 0.0
+        self.pause_scope = "all"
         self.paused_baseline: tuple[int, int] | None = None
         self.executor = ThreadPoolExecutor(1)
 
@@ -352,13 +354,16 @@ class Chaos:
                 sum(v["executions"] for v in snap["stages"].values()))
 
     def pause(self) -> None:
+        """Pause everything, or the job (its records are then parked as they are read,
+        and re-injected after the resume: kills and broker restarts may fall in both)."""
         assert self.settings is not None
+        self.pause_scope = self.rng.choice(["all", f"job:{JOB}"])
         entry = ControlClient(self.settings, self.bootstrap).set_state(
-            "all", PAUSED, reason=f"chaos seed {self.opts.seed}", by="chaos")
+            self.pause_scope, PAUSED, reason=f"chaos seed {self.opts.seed}", by="chaos")
         self.paused_at = time.monotonic()
         self.paused_baseline = None
         settings, bootstrap = self.settings, self.bootstrap
-        self.say("pause --all sent")
+        self.say(f"pause {self.pause_scope} sent")
         # Wait for the acks here (restarting dead workers meanwhile), so that no admin
         # request of the harness is in flight across a broker restart: librdkafka 2.16.1
         # has aborted the process then (rd_kafka_enq_once_del_source_return assertion).
@@ -385,9 +390,9 @@ class Chaos:
             self.tally.unacked_pauses += 1
             self.say(f"pause not acknowledged by {report.missing()} (a worker was down)")
         ControlClient(self.settings, self.bootstrap).set_state(
-            "all", RESUMED, reason=f"chaos seed {self.opts.seed}", by="chaos")
+            self.pause_scope, RESUMED, reason=f"chaos seed {self.opts.seed}", by="chaos")
         self.tally.pauses += 1
-        self.say("resume --all sent")
+        self.say(f"resume {self.pause_scope} sent")
 
     # -- the whole run -------------------------------------------------------------------
     def run(self) -> ExactlyOnce:

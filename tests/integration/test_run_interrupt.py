@@ -164,3 +164,26 @@ def test_run_does_not_lift_a_job_pause_made_by_someone_else(settings, bootstrap)
         view.close()
     assert entry["state"] == PAUSED and entry["reason"] == "legal hold"
     assert sum(_executions(settings, bootstrap).values()) == 0
+
+
+def test_an_interrupted_run_keeps_a_hold_made_while_it_ran(settings, bootstrap):
+    """Someone pauses the job while `run` follows it (a hold); then `run` is stopped.
+    The hold stays as it was made (who, why, since when), and running the job again
+    does not lift it (found by a breaker: the interrupt overwrote it with its own)."""
+    first = _started(settings, bootstrap)
+    hold = ControlClient(settings, bootstrap).set_state(f"job:{JOB}", PAUSED, by="legal",
+                                                        reason="legal hold")
+    time.sleep(2.0)
+    first.send_signal(signal.SIGTERM)
+    code, _, err = _finish(first, timeout=90)
+    assert code == 130, f"exit {code}:\n{err[-3000:]}"
+    assert "stays paused by legal" in err and "legal hold" in err, err[-2000:]
+    view = ControlView(settings, bootstrap)
+    try:
+        entry = view.load_to_end().entries[f"job:{JOB}"]
+    finally:
+        view.close()
+    assert entry["command_id"] == hold["command_id"], entry  # nothing written over it
+
+    code, out, _ = _finish(_run(settings, bootstrap), timeout=120)
+    assert code == 1 and json.loads(out)["reason"] == "paused", out
