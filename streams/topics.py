@@ -12,8 +12,8 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic, OffsetSpec
 
 from streams import names as _names
 from streams.errors import DocstreamsError
@@ -82,7 +82,8 @@ def ensure_topics(
     existing = set(_metadata(admin, bootstrap, deadline).topics)
     missing = [name for name in wanted if name not in existing]
     created = _create(admin, settings, {name: wanted[name] for name in missing}, timeout)
-    _wait_until_led(admin, bootstrap, wanted, settings.partitions, deadline)
+    led = _wait_until_led(admin, bootstrap, wanted, settings.partitions, deadline)
+    _wait_until_served(admin, bootstrap, led, deadline)
     return created
 
 
@@ -113,9 +114,11 @@ def _create(admin: AdminClient, settings: Settings, configs: Mapping[str, dict[s
 
 
 def _wait_until_led(admin: AdminClient, bootstrap: str, wanted: Iterable[str],
-                    partitions: int, deadline: float) -> None:
-    """Wait until every topic shows all its partitions with a leader in metadata."""
+                    partitions: int, deadline: float) -> list[TopicPartition]:
+    """Wait until every topic shows all its partitions with a leader in metadata; return
+    those partitions."""
     pending = set(wanted)
+    led: list[TopicPartition] = []
     while True:
         topics = _metadata(admin, bootstrap, deadline).topics
         for name in list(pending):
@@ -124,15 +127,51 @@ def _wait_until_led(admin: AdminClient, bootstrap: str, wanted: Iterable[str],
                 continue
             if all(p.leader >= 0 and p.error is None for p in meta.partitions.values()):
                 pending.discard(name)
+                led += [TopicPartition(name, p) for p in meta.partitions]
                 if len(meta.partitions) != partitions:
                     _log.warning("topic %s has %d partitions, settings ask for %d (left as is)",
                                  name, len(meta.partitions), partitions)
         if not pending:
-            return
+            return led
         if time.monotonic() >= deadline:
             raise DocstreamsError(
                 f"Topics not ready on {bootstrap} in time: {', '.join(sorted(pending))}",
                 reason="broker_unavailable", retryable=True)
+        time.sleep(0.2)
+
+
+def _wait_until_served(admin: AdminClient, bootstrap: str, partitions: list[TopicPartition],
+                       deadline: float) -> None:
+    """Wait until each partition's leader answers for it (its log exists there).
+
+    Metadata names a new partition's leader before that broker has created the
+    partition's log. Seen once, with three workers and a publisher creating a fresh
+    set of topics at once: the publisher's first transaction committed while a
+    partition of docs.submitted held its records from sequence 2 on; the first two
+    were missing, though their audit events were committed (the partition's log was
+    created about 0.1 s after they were sent). The reading, not reproduced: the first
+    batch met a partition without a log and was retried, a later one (in flight behind
+    it) was accepted first, as a broker takes any first sequence from a producer it has
+    no state for, and the retried batch was then answered as a duplicate. A ListOffsets
+    answer means the log is there, so nothing is written before it."""
+    pending = list(partitions)
+    while pending:
+        futures = admin.list_offsets({tp: OffsetSpec.latest() for tp in pending},
+                                     request_timeout=10)
+        waiting = []
+        for tp, future in futures.items():
+            try:
+                future.result()
+            except KafkaException:
+                waiting.append(tp)
+        pending = waiting
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            names_ = sorted({f"{tp.topic}[{tp.partition}]" for tp in pending})
+            raise DocstreamsError(f"Partitions not served on {bootstrap} in time: "
+                                  f"{', '.join(names_[:10])}", reason="broker_unavailable",
+                                  retryable=True)
         time.sleep(0.2)
 
 
