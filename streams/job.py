@@ -26,7 +26,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from streams import broker
 from streams.admin import wait_for_acks
 from streams.blobs import sha256_hex
-from streams.control import PAUSED, RESUMED, ControlClient, ControlView, scope_flags
+from streams.control import (
+    PAUSED,
+    RESUMED,
+    ControlClient,
+    ControlView,
+    paused_since,
+    scope_flags,
+)
 from streams.errors import DocstreamsError
 from streams.kafka import quiet_client_logging
 from streams.publish import Publisher, collect, doc_id_for
@@ -176,10 +183,9 @@ def _resume_if_paused(settings: Settings, bootstrap: str, job_id: str, console: 
     for entry in desired.paused():
         if entry["scope"] == f"job:{job_id}" and entry["reason"] != INTERRUPT_REASON:
             raise DocstreamsError(
-                f"job {job_id} is paused by {entry['by']} since {_since(entry)}"
-                + (f" ({entry['reason']})" if entry["reason"] else "")
-                + f"; `docstreams run` lifts only the pause of an interrupted run. Lift this "
-                f"one with `docstreams resume --job {job_id}`, then run again",
+                f"job {job_id} is paused {_held_by(entry)}; `docstreams run` lifts only "
+                f"the pause of an interrupted run. Lift this one with "
+                f"`docstreams resume --job {job_id}`, then run again",
                 reason="paused")
         if entry["scope"] == f"job:{job_id}":
             ControlClient(settings, bootstrap).set_state(
@@ -193,9 +199,10 @@ def _resume_if_paused(settings: Settings, bootstrap: str, job_id: str, console: 
                           f"{scope_flags(entry['scope'])}`")
 
 
-def _since(entry: dict[str, Any]) -> str:
-    at_ms = entry.get("paused_since_ms") or entry["at_ms"]
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(at_ms / 1000))
+def _held_by(entry: dict[str, Any]) -> str:
+    """'by WHO since WHEN (WHY)' of a pause entry."""
+    since = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(paused_since(entry) / 1000))
+    return f"by {entry['by']} since {since}" + (f" ({entry['reason']})" if entry["reason"] else "")
 
 
 def _pause_on_interrupt(settings: Settings, bootstrap: str, job_id: str,
@@ -210,22 +217,20 @@ def _pause_on_interrupt(settings: Settings, bootstrap: str, job_id: str,
     scope = f"job:{job_id}"
     view = ControlView(settings, bootstrap)
     try:
-        held = view.load_to_end().entries.get(scope)
+        desired = view.load_to_end()
     finally:
         view.close()
+    held = desired.entries.get(scope)
     if held is not None and held["state"] == PAUSED and held["reason"] != INTERRUPT_REASON:
         # Someone paused the job while it ran (a hold): theirs stays, who, why and since
         # when, so that running the job again does not lift it. The workers have
         # acknowledged it already (`run` showed it).
         return JobInterrupted(
-            f"job {job_id} stays paused by {held['by']} since {_since(held)}"
-            + (f" ({held['reason']})" if held["reason"] else "")
-            + f". Nothing committed is lost or redone. Lift it with `docstreams resume "
-            f"--job {job_id}`, then run the same command again.", reason="interrupted")
+            f"job {job_id} stays paused {_held_by(held)}. Nothing committed is lost or "
+            f"redone. Lift it with `docstreams resume --job {job_id}`, then run the same "
+            "command again.", reason="interrupted")
     entry = ControlClient(settings, bootstrap).set_state(
-        scope, PAUSED, reason=INTERRUPT_REASON,
-        paused_since_ms=held.get("paused_since_ms") if held and held["state"] == PAUSED
-        else None)
+        scope, PAUSED, reason=INTERRUPT_REASON, paused_since_ms=desired.paused_since(scope))
     report = wait_for_acks(settings, bootstrap, entry, timeout=30)
     state = ("every worker acknowledged" if report.complete
              else f"not acknowledged by {report.missing()} in 30 s; the pause still holds")

@@ -120,6 +120,15 @@ class ConsumerFailed(RuntimeError):
     """The consumer reported a fatal error: run() drops it and connects anew."""
 
 
+def _first_offsets(messages: list[Message]) -> dict[tuple[str, int], int]:
+    """The lowest offset of ``messages`` per (topic, partition)."""
+    first: dict[tuple[str, int], int] = {}
+    for msg in messages:
+        topic, partition, offset = where(msg)
+        first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
+    return first
+
+
 # Client errors that mean a broker connection went away.
 _BROKER_LOST = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
 
@@ -389,11 +398,12 @@ class StageRunner:
         self._fault("before_process")
         results = self._process(items, batches, version) if items else []
         unprocessed = [m for m in messages if self._cut_at(m, items[len(results):])]
-        self._park(to_park, unprocessed, batches, pending)
-        for msg in messages:
+        cut = _first_offsets(unprocessed)
+        self._park(to_park, cut, batches, pending)
+        for msg in messages:  # committed up to the first record left unprocessed
             topic, partition, offset = where(msg)
             key = (topic, partition)
-            if not any(where(u)[:2] == key and where(u)[2] <= offset for u in unprocessed):
+            if offset < cut.get(key, offset + 1):
                 pending.offsets[key] = max(pending.offsets.get(key, 0), offset + 1)
         for item, result in zip(items, results, strict=False):
             self._route(item, result, batches[item.store], pending)
@@ -794,19 +804,16 @@ class StageRunner:
                 keep.append(item)
         return keep, park
 
-    def _park(self, items: list[InputRecord], unprocessed: list[Message],
+    def _park(self, items: list[InputRecord], cut: Mapping[tuple[str, int], int],
               batches: dict[StoreKey, Batch], pending: _Pending) -> None:
-        """Park records in this transaction, except those at or past the first record of
-        their partition that the batch leaves unprocessed (a pause cut it short): their
-        offsets are not committed and they are read again after the rewind, so a park
-        entry would hand them out twice (once re-injected, once re-read)."""
-        cut: dict[tuple[str, int], int] = {}
-        for msg in unprocessed:
-            topic, partition, offset = where(msg)
-            key = (topic[len(self.prefix):], partition)
-            cut[key] = min(cut.get(key, offset), offset)
+        """Park records in this transaction, except those at or past ``cut``, the first
+        record of their partition that the batch leaves unprocessed (a pause cut it
+        short): their offsets are not committed and they are read again after the
+        rewind, so a park entry would hand them out twice (once re-injected, once
+        re-read)."""
         for item in items:
-            if item.offset >= cut.get((item.topic, item.partition), item.offset + 1):
+            where_ = (names.topic(self.prefix, item.topic), item.partition)
+            if item.offset >= cut.get(where_, item.offset + 1):
                 continue
             batches[item.store].put(inputs.park_key(item), inputs.stash(item, item.attempts))
             self._event(pending, item, "parked", f"job {item.job_id} is paused")
@@ -950,11 +957,7 @@ class StageRunner:
 
     def _rewind(self, messages: list[Message]) -> None:
         assert self.consumer is not None
-        first: dict[tuple[str, int], int] = {}
-        for msg in messages:
-            topic, partition, offset = where(msg)
-            first[(topic, partition)] = min(first.get((topic, partition), offset), offset)
         assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        for (topic, partition), offset in first.items():
+        for (topic, partition), offset in _first_offsets(messages).items():
             if (topic, partition) in assigned:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
